@@ -1,0 +1,372 @@
+"""Reading, composing and validating the YAML config.
+
+The flow: YAML (with line numbers remembered) -> omegaconf (``${...}`` interpolation, command-line
+overrides) -> plain dict -> checks for keys gym knows but does not support, or that were renamed ->
+the Pydantic model composed from the core's fields and every plugin's fragment -> each plugin's
+cross-field rules. Every problem is collected and reported at once, each naming its dotted field path and,
+where known, the YAML line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ValidationError, create_model
+
+from gym import compat
+from gym.errors import ConfigError
+from gym.schema import CoreConfig, DatasetConfig, Strict
+
+GymConfig = BaseModel  # the composed model's instances; typed access is attribute access
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a config: the dotted field path and what is wrong with it."""
+
+    field: str
+    message: str
+    line: int | None = None
+    plugin: str | None = None
+
+    def render(self, source: str | None = None) -> str:
+        where = self.field or "<config>"
+        if self.line is not None:
+            where += f" ({source or 'config'}:{self.line})"
+        owner = f" [{self.plugin}]" if self.plugin else ""
+        return f"{where}: {self.message}{owner}"
+
+
+# ----------------------------------------------------------------------------------- reading the YAML
+
+
+def _line_index(text: str) -> dict[str, int]:
+    """Map dotted paths (``datasets.0.type``) to the 1-based line where they are written."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    index: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+                index[path] = key_node.start_mark.line + 1
+                walk(value_node, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                path = f"{prefix}.{i}"
+                index[path] = item.start_mark.line + 1
+                walk(item, path)
+
+    if root is not None:
+        walk(root, "")
+    return index
+
+
+@dataclass
+class RawConfig:
+    """The config as read and resolved, before validation, with where each key was written."""
+
+    data: dict[str, Any]
+    source: str
+    lines: dict[str, int]
+
+    def line_of(self, path: str) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path.rpartition(".")[0]
+        return None
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: write KEY=VALUE, for example lora_r=32 or datasets.0.path=data.jsonl")
+    key, _, value = item.partition("=")
+    key = key.strip().removeprefix("--")
+    if not key:
+        raise ConfigError(f"override {item!r}: the key before '=' is empty")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def read_config(path: str | Path, overrides: Iterable[str] = ()) -> RawConfig:
+    """Read YAML, apply ``KEY=VALUE`` overrides and resolve ``${...}`` interpolation."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+        lines = _line_index(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys to values, not {type(data).__name__}")
+
+    try:
+        conf = OmegaConf.create(data)
+        for item in overrides:
+            key, value = _parse_override(item)
+            OmegaConf.update(conf, key, value, merge=True, force_add=True)
+        resolved = OmegaConf.to_container(conf, resolve=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or ""
+        message = str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: {key + ': ' if key else ''}{message}") from None
+    return RawConfig(data=resolved, source=source, lines=lines)
+
+
+# ------------------------------------------------------------------------------ composing the model
+
+
+@dataclass(frozen=True)
+class ComposedSchema:
+    model: type[BaseModel]
+    dataset_model: type[BaseModel]
+    key_owner: dict[str, str]  # top-level key -> plugin that contributed it ("core" for the core)
+    dataset_key_owner: dict[str, str]  # dataset-entry key -> strategy that contributed it
+
+
+def compose_schema(manager) -> ComposedSchema:
+    """Build the config model from the core's fields and every loaded plugin's fragment."""
+    from gym.errors import PluginError
+
+    key_owner = {name: "core" for name in CoreConfig.model_fields}
+    fragments: list[type[BaseModel]] = []
+    for plugin_name, fragment in manager.config_fragments():
+        for key in fragment.model_fields:
+            if key in key_owner:
+                other = key_owner[key]
+                raise PluginError(
+                    f"config key {key!r} is declared twice: by {manager.describe(plugin_name)} and by "
+                    f"{'the gym core' if other == 'core' else manager.describe(other)}"
+                )
+            key_owner[key] = plugin_name
+        fragments.append(fragment)
+
+    dataset_fields: dict[str, Any] = {}
+    dataset_key_owner: dict[str, str] = {name: "core" for name in DatasetConfig.model_fields}
+    for strategy, plugin_name in manager.dataset_strategies().values():
+        if strategy.options is None:
+            continue
+        for key, info in strategy.options.model_fields.items():
+            if key in dataset_key_owner and dataset_key_owner[key] == "core":
+                raise PluginError(
+                    f"dataset key {key!r} of strategy {strategy.name!r} ({manager.describe(plugin_name)}) "
+                    "is a core dataset key"
+                )
+            if key in dataset_fields:
+                continue  # several strategies may share an option (chat_template variants)
+            dataset_fields[key] = (info.annotation, info)
+            dataset_key_owner[key] = strategy.name
+    dataset_model = create_model("DatasetEntry", __base__=DatasetConfig, **dataset_fields)
+
+    bases = (CoreConfig, *fragments)
+    model = create_model(
+        "GymConfig",
+        __base__=bases if len(bases) > 1 else CoreConfig,
+        datasets=(list[dataset_model], CoreConfig.model_fields["datasets"]),
+        test_datasets=(list[dataset_model] | None, CoreConfig.model_fields["test_datasets"]),
+    )
+    model.__doc__ = "The whole gym config: the core's keys and every loaded plugin's keys."
+    return ComposedSchema(model, dataset_model, key_owner, dataset_key_owner)
+
+
+# -------------------------------------------------------------------------------------- validation
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed at the mapping that holds ``loc[-1]`` (for "did you mean")."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return []
+        current = _model_in(current.model_fields[part].annotation)
+        if current is None:
+            return []
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    from typing import get_args
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _pydantic_problems(exc: ValidationError, schema: ComposedSchema, raw: RawConfig) -> list[ConfigProblem]:
+    problems = []
+    seen = set()
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        # Unions report once per member; keep the member that matches the input's shape.
+        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS)))
+        path = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            key = str(loc[-1])
+            message = "unknown key" + _suggest(key, _allowed_keys(schema.model, loc))
+            if len(loc) == 3 and loc[0] in ("datasets", "test_datasets"):
+                owner = schema.dataset_key_owner.get(key)
+                if owner:
+                    message = f"key of the {owner!r} dataset type, not accepted here"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = err["msg"]
+            if "input" in err and not isinstance(err["input"], (dict, list)):
+                message += f" (got {err['input']!r})"
+        if (path, message) in seen:
+            continue
+        seen.add((path, message))
+        problems.append(ConfigProblem(path, message, raw.line_of(path)))
+    return problems
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "literal", "function-after", "union"}
+
+
+def validate_config(raw: RawConfig, manager, notes: list[str] | None = None) -> BaseModel:
+    """Validate a read config against the composed schema and every plugin's rules.
+
+    Raises :class:`ConfigError` listing every problem found. Keys that gym does not support but that
+    ask for nothing (``wandb_project:`` left empty, ``xformers_attention: false``) are removed and
+    described in ``notes``, so the caller can show them; everything else must validate.
+    """
+    schema = manager.schema()
+    data = dict(raw.data)
+    problems = compat.check_keys(data, schema, raw, notes if notes is not None else [])
+    cfg = None
+    try:
+        cfg = schema.model.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, schema, raw))
+    if cfg is not None and not problems:
+        problems.extend(replace(p, line=raw.line_of(p.field)) for p in core_problems(cfg, manager))
+        for plugin_name, result in manager.validate_config(cfg):
+            for problem in result or ():
+                problems.append(
+                    ConfigProblem(problem.field, problem.message, raw.line_of(problem.field), problem.plugin or plugin_name)
+                )
+    if problems:
+        problems.sort(key=lambda p: (p.line if p.line is not None else 10**9, p.field))
+        raise ConfigError(
+            f"{raw.source}: {len(problems)} problem{'s' if len(problems) != 1 else ''} in the config",
+            problems=[p.render(raw.source) for p in problems],
+        )
+    return cfg
+
+
+def core_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
+    """The core's own rules across fields."""
+    problems = []
+    if cfg.bf16 is True and cfg.fp16 is True:
+        problems.append(ConfigProblem("fp16", "bf16 and fp16 are both true; choose one"))
+    if cfg.warmup_ratio is not None and cfg.warmup_steps is not None:
+        problems.append(ConfigProblem("warmup_steps", "set warmup_ratio or warmup_steps, not both"))
+    if cfg.skip_prepare_dataset:
+        problems.append(ConfigProblem("skip_prepare_dataset", "not supported by gym yet; gym always prepares datasets"))
+    if cfg.test_datasets and cfg.val_set_size:
+        problems.append(ConfigProblem("val_set_size", "set val_set_size or test_datasets, not both"))
+    if cfg.max_steps is not None and cfg.max_steps == 0:
+        problems.append(ConfigProblem("max_steps", "must be positive (or unset to use num_epochs)"))
+    strategies = manager.dataset_strategies()
+    for list_key in ("datasets", "test_datasets"):
+        for i, entry in enumerate(getattr(cfg, list_key) or ()):
+            if isinstance(entry.type, str) and entry.type not in strategies:
+                base = entry.type.split(":")[0].split(".")[0]
+                hint = _suggest(entry.type, strategies) or (
+                    f"; did you mean {base!r}?" if base in strategies else ""
+                )
+                problems.append(
+                    ConfigProblem(
+                        f"{list_key}.{i}.type",
+                        f"unknown dataset type {entry.type!r}{hint} (available: {', '.join(sorted(strategies))})",
+                    )
+                )
+    for i, name in enumerate(cfg.plugins or ()):
+        wanted = _plugin_name_of(name)
+        if wanted not in manager.infos:
+            problems.append(
+                ConfigProblem(
+                    f"plugins.{i}",
+                    f"plugin {name!r} is not installed in gym (looked for a gym plugin named {wanted!r}; "
+                    f"installed: {', '.join(sorted(manager.infos))})",
+                )
+            )
+    return problems
+
+
+def _plugin_name_of(name: str) -> str:
+    """``axolotl.integrations.liger.LigerPlugin`` -> ``liger``; a plain gym name stays as it is."""
+    parts = name.split(".")
+    if len(parts) >= 3 and parts[-1][:1].isupper():
+        return parts[-2]
+    return parts[-1]
+
+
+def load_config(
+    path: str | Path, overrides: Iterable[str] = (), manager=None, notes: list[str] | None = None
+) -> BaseModel:
+    """Read and validate a config file; the one entry point the commands use."""
+    from gym.plugin_manager import get_plugin_manager
+
+    manager = manager or get_plugin_manager()
+    raw = read_config(path, overrides)
+    cfg = validate_config(raw, manager, notes)
+    return cfg
+
+
+SECRET_MARKERS = ("token", "key", "secret", "password")
+
+
+def redacted(cfg: BaseModel) -> dict[str, Any]:
+    """The config as plain data with secrets (``hf_token``, ``wandb_api_key`` ...) replaced by ``***``."""
+    data = cfg.model_dump(mode="json", exclude_none=True)
+
+    def scrub(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: scrub(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        lowered = key.lower()
+        if (
+            isinstance(value, str)
+            and any(marker in lowered for marker in SECRET_MARKERS)
+            and not lowered.endswith(("tokens", "_token_id"))
+            and lowered not in ("special_tokens", "pad_token", "eos_token", "bos_token", "unk_token")
+        ):
+            return "***"
+        return value
+
+    return scrub(data)

@@ -1,0 +1,1 @@
+"""Turning datasets into training rows: loading, tokenizing, lengths, packing, caching."""

@@ -1,0 +1,1 @@
+"""The flash_attention plugin (placeholder: being built)."""

@@ -1,0 +1,1 @@
+"""The lora plugin (placeholder: being built)."""

@@ -1,0 +1,1 @@
+"""The quantization plugin (placeholder: being built)."""

@@ -1,0 +1,1 @@
+"""The sft plugin (placeholder: being built)."""

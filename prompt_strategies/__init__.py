@@ -1,0 +1,1 @@
+"""Built-in dataset strategies, each a plugin registered through the ``gym.plugins`` entry points."""

@@ -1,0 +1,9 @@
+"""The `completion` dataset strategy (placeholder: being built)."""
+
+from gym import hookimpl
+from gym.datasets_api import DatasetStrategy
+
+
+@hookimpl
+def gym_dataset_strategies():
+    return [DatasetStrategy(name="completion", builder="gym.prompt_strategies.completion:build")]
