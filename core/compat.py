@@ -150,6 +150,12 @@ def check_keys(data: dict[str, Any], schema, raw, notes: list[str]) -> list:
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
                 continue
+            if "type" in entry and entry["type"] is None:
+                path = f"{list_key}.{i}.type"
+                problems.append(
+                    ConfigProblem(path, "empty: pre-tokenized datasets are not supported by gym yet; name a type", raw.line_of(path))
+                )
+                del entry["type"]
             for key in list(entry):
                 if key in schema.dataset_key_owner:
                     continue

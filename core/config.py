@@ -97,10 +97,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
 
 
 def read_config(path: str | Path, overrides: Iterable[str] = ()) -> RawConfig:
-    """Read YAML, apply ``KEY=VALUE`` overrides and resolve ``${...}`` interpolation."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
+    """Read YAML, apply ``KEY=VALUE`` overrides and resolve ``${...}`` interpolation (with omegaconf)."""
     path = Path(path)
     source = str(path)
     try:
@@ -121,6 +118,12 @@ def read_config(path: str | Path, overrides: Iterable[str] = ()) -> RawConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a mapping of keys to values, not {type(data).__name__}")
+
+    overrides = list(overrides)
+    if not overrides and "${" not in text:
+        return RawConfig(data=data, source=source, lines=lines)  # nothing for omegaconf to do; skip its import
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     try:
         conf = OmegaConf.create(data)
@@ -225,13 +228,32 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _clean_loc(model: type[BaseModel], loc: tuple) -> tuple:
+    """Drop the union-member tags pydantic puts in error locations (``type.str``, ``type.UserDefinedFormat``)."""
+    cleaned = []
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            cleaned.append(part)
+            continue
+        fields = current.model_fields if isinstance(current, type) and issubclass(current, BaseModel) else None
+        if fields is not None and part in fields:
+            cleaned.append(part)
+            current = _model_in(fields[part].annotation)
+        elif fields is None or not cleaned:
+            cleaned.append(part)  # a key inside a free-form mapping, or an unknown top-level key
+        elif part not in _TAG_LIKE and not part[:1].isupper() and "[" not in part:
+            cleaned.append(part)  # an unknown key: reported as such
+    return tuple(cleaned)
+
+
+_TAG_LIKE = {"str", "int", "float", "bool", "list", "dict", "none", "literal", "function-after", "union", "constrained-str"}
+
+
 def _pydantic_problems(exc: ValidationError, schema: ComposedSchema, raw: RawConfig) -> list[ConfigProblem]:
-    problems = []
-    seen = set()
+    by_path: dict[str, list[str]] = {}
     for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        # Unions report once per member; keep the member that matches the input's shape.
-        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS)))
+        loc = _clean_loc(schema.model, tuple(err["loc"]))
         path = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
             key = str(loc[-1])
@@ -243,17 +265,24 @@ def _pydantic_problems(exc: ValidationError, schema: ComposedSchema, raw: RawCon
         elif err["type"] == "missing":
             message = "required key is missing"
         else:
-            message = err["msg"]
+            message = err["msg"].removeprefix("Value error, ")
             if "input" in err and not isinstance(err["input"], (dict, list)):
                 message += f" (got {err['input']!r})"
-        if (path, message) in seen:
-            continue
-        seen.add((path, message))
-        problems.append(ConfigProblem(path, message, raw.line_of(path)))
-    return problems
+        messages = by_path.setdefault(path, [])
+        if message not in messages:
+            messages.append(message)
+    return [ConfigProblem(path, "; or ".join(msgs), raw.line_of(path)) for path, msgs in by_path.items()]
 
 
-_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "literal", "function-after", "union"}
+def _drop_empty(data: dict[str, Any]) -> None:
+    """An empty key (``debug:``) means "unset": the default applies, as users of YAML configs expect."""
+    for key in [k for k, v in data.items() if v is None]:
+        del data[key]
+    for list_key in ("datasets", "test_datasets"):
+        for entry in data.get(list_key) or ():
+            if isinstance(entry, dict):
+                for key in [k for k, v in entry.items() if v is None and k != "type"]:
+                    del entry[key]
 
 
 def validate_config(raw: RawConfig, manager, notes: list[str] | None = None) -> BaseModel:
@@ -266,11 +295,13 @@ def validate_config(raw: RawConfig, manager, notes: list[str] | None = None) -> 
     schema = manager.schema()
     data = dict(raw.data)
     problems = compat.check_keys(data, schema, raw, notes if notes is not None else [])
+    _drop_empty(data)
     cfg = None
     try:
         cfg = schema.model.model_validate(data)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, schema, raw))
+        already = {p.field for p in problems}  # a key reported as renamed / unsupported is not also "missing"
+        problems.extend(p for p in _pydantic_problems(exc, schema, raw) if p.field not in already)
     if cfg is not None and not problems:
         problems.extend(replace(p, line=raw.line_of(p.field)) for p in core_problems(cfg, manager))
         for plugin_name, result in manager.validate_config(cfg):

@@ -16,7 +16,8 @@ Auto = Literal["auto"]
 class Strict(BaseModel):
     """Base of every config model: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False, protected_namespaces=())
+    # defer_build: only the composed model is ever validated against, so building each part is wasted start-up.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), defer_build=True)
 
 
 class UserDefinedFormat(Strict):
@@ -43,7 +44,7 @@ class DatasetConfig(Strict):
 
     path: str = Field(..., description="Local file or folder (json, jsonl, csv, parquet, arrow) or a hub dataset id.")
     type: Union[str, UserDefinedFormat] = Field(
-        "alpaca", description="Prompt strategy name (alpaca, chat_template, completion, ...) or an inline format."
+        ..., description="Prompt strategy name (alpaca, chat_template, completion, ...) or an inline format."
     )
     split: str = Field("train", description="Split to read.")
     data_files: Union[str, list[str], None] = Field(None, description="Files to read inside `path`.")
@@ -192,3 +193,10 @@ class CoreConfig(Strict):
     @classmethod
     def _empty_mapping(cls, value: Any) -> Any:
         return value or None
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _tokens_is_a_list(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            raise ValueError("a list of new tokens; pad/bos/eos/unk tokens go under special_tokens")
+        return value
