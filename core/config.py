@@ -93,6 +93,8 @@ def _parse_override(item: str) -> tuple[str, Any]:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
+    if isinstance(parsed, (dict, list)) and not value.lstrip().startswith(("{", "[")):
+        parsed = value  # "Answer:" is text, not a mapping; structures need flow style: key={a: 1}
     return key, parsed
 
 
@@ -271,7 +273,12 @@ def _pydantic_problems(exc: ValidationError, schema: ComposedSchema, raw: RawCon
         messages = by_path.setdefault(path, [])
         if message not in messages:
             messages.append(message)
-    return [ConfigProblem(path, "; or ".join(msgs), raw.line_of(path)) for path, msgs in by_path.items()]
+    # A union reports each member's complaint; where one member got as far as a nested key, that one is the
+    # user's real mistake and the others ("should be a valid string") are noise.
+    deeper = {path for path in by_path if any(other.startswith(path + ".") for other in by_path)}
+    return [
+        ConfigProblem(path, "; or ".join(msgs), raw.line_of(path)) for path, msgs in by_path.items() if path not in deeper
+    ]
 
 
 def _drop_empty(data: dict[str, Any]) -> None:

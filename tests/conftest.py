@@ -1,0 +1,59 @@
+"""Shared fixtures. Tests build everything they need (tiny models, tokenizers, data) in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+QA_PLUGIN_SRC = REPO / "examples" / "plugins" / "gym-plugin-qa"
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write YAML text (dedented) to a file and return its path."""
+
+    def write(text: str, name: str = "config.yml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text).lstrip())
+        return path
+
+    return write
+
+
+def make_qa_distribution(root: Path) -> Path:
+    """Make the example plugin importable and discoverable as an installed distribution.
+
+    Writes ``gym_plugin_qa-0.1.0.dist-info`` (METADATA + entry_points.txt, what ``pip install`` writes) into
+    ``root`` and returns the folder to put on ``sys.path`` / ``PYTHONPATH``: the same entry-point machinery
+    an installed package uses, without installing into the shared environment.
+    """
+    info = root / "gym_plugin_qa-0.1.0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gym-plugin-qa\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[gym.plugins]\nqa = gym_plugin_qa\n")
+    link = root / "gym_plugin_qa"
+    if not link.exists():
+        link.symlink_to(QA_PLUGIN_SRC / "gym_plugin_qa", target_is_directory=True)
+    return root
+
+
+@pytest.fixture
+def qa_plugin(tmp_path, monkeypatch):
+    """The example third-party plugin, discoverable in this process and in subprocesses (via ``env``)."""
+    import importlib
+
+    from gym.plugin_manager import reset_plugin_manager
+
+    root = make_qa_distribution(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(root))
+    importlib.invalidate_caches()
+    reset_plugin_manager()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
+    yield env
+    sys.modules.pop("gym_plugin_qa", None)
+    reset_plugin_manager()

@@ -1,0 +1,155 @@
+"""Reading and validating configs: strictness, suggestions, lines, overrides, rules, compat keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from gym.config import load_config, redacted
+from gym.errors import ConfigError
+
+BASE = """
+base_model: some/model
+datasets:
+  - path: data.jsonl
+    type: alpaca
+"""
+
+
+def problems_of(path, *overrides):
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return info.value.problems
+
+
+def test_minimal_config_is_typed_with_defaults(write_config):
+    cfg = load_config(write_config(BASE))
+    assert cfg.base_model == "some/model"
+    assert cfg.datasets[0].type == "alpaca"
+    assert cfg.datasets[0].split == "train"
+    assert cfg.sequence_len == 2048
+    assert cfg.sample_packing is False
+    assert cfg.bf16 == "auto"
+    assert cfg.adapter is None  # a plugin's key, present with its default
+
+
+def test_unknown_top_level_key_names_field_line_and_suggestion(write_config):
+    path = write_config(BASE + "lerning_rate: 0.1\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith("lerning_rate (")
+    assert f"{path}:5)" in problem
+    assert "unknown key" in problem and "did you mean 'learning_rate'" in problem
+
+
+def test_unknown_nested_key_in_dataset_entry(write_config):
+    path = write_config(BASE + "    feild_messages: conversations\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith("datasets.0.feild_messages")
+    assert ":5)" in problem
+    assert "did you mean 'field_messages'" in problem
+
+
+def test_strategy_option_on_the_wrong_type_says_whose_it_is(write_config):
+    path = write_config(BASE + "    field_messages: conversations\n")
+    cfg_problem = problems_of(path)
+    assert cfg_problem and "field_messages" in cfg_problem[0]
+
+
+def test_wrong_type_names_field_and_value(write_config):
+    (problem,) = problems_of(write_config(BASE + "micro_batch_size: lots\n"))
+    assert problem.startswith("micro_batch_size (") and "'lots'" in problem
+
+
+def test_all_problems_reported_together_in_line_order(write_config):
+    found = problems_of(write_config(BASE + "micro_batch_size: 0\nnum_epochz: 3\n"))
+    assert [p.split(" ")[0] for p in found] == ["micro_batch_size", "num_epochz"]
+
+
+def test_missing_required_keys(write_config):
+    found = problems_of(write_config("sequence_len: 512\n"))
+    assert {p.split(" ")[0].rstrip(":") for p in found} == {"base_model", "datasets"}
+    assert all("required key is missing" in p for p in found)
+
+
+def test_dataset_type_is_required_and_must_be_registered(write_config):
+    path = write_config(BASE.replace("type: alpaca", "type: alpacca"))
+    (problem,) = problems_of(path)
+    assert problem.startswith("datasets.0.type") and "did you mean 'alpaca'" in problem
+
+
+def test_empty_value_means_unset(write_config):
+    cfg = load_config(write_config(BASE + "debug:\nseed:\nlogging_steps:\n"))
+    assert cfg.debug is False and cfg.seed == 42 and cfg.logging_steps is None
+
+
+def test_interpolation_and_command_line_overrides(write_config):
+    path = write_config(BASE + "sequence_len: 256\neval_batch_size: ${micro_batch_size}\nmicro_batch_size: 4\n")
+    cfg = load_config(path, ["micro_batch_size=8", "datasets.0.path=other.jsonl", "learning_rate=3e-4"])
+    assert cfg.micro_batch_size == 8 and cfg.eval_batch_size == 8
+    assert cfg.datasets[0].path == "other.jsonl"
+    assert cfg.learning_rate == pytest.approx(3e-4)
+    assert cfg.sequence_len == 256
+
+
+def test_override_typo_is_reported_like_a_file_key(write_config):
+    (problem,) = problems_of(write_config(BASE), "lora_rr=32")
+    assert problem.startswith("lora_rr") and "did you mean 'lora_r'" in problem
+
+
+def test_malformed_override_and_yaml_errors(write_config):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(write_config(BASE), ["lora_r"])
+    with pytest.raises(ConfigError, match=r"config.yml:2: not valid YAML"):
+        load_config(write_config("base_model: x\n  bad: [\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/cfg.yml")
+
+
+def test_precision_accepts_auto_and_booleans(write_config):
+    cfg = load_config(write_config(BASE + "bf16: auto\nfp16: false\ntf32: auto\n"))
+    assert (cfg.bf16, cfg.fp16, cfg.tf32) == ("auto", False, "auto")
+    (problem,) = problems_of(write_config(BASE + "bf16: true\nfp16: true\n"))
+    assert problem.startswith("fp16") and "bf16" in problem
+
+
+def test_cross_field_rule_names_both_fields(write_config):
+    found = problems_of(write_config(BASE + "load_in_4bit: true\n"))
+    assert any(p.startswith("load_in_4bit") and "adapter" in p and "qlora" in p for p in found)
+
+
+def test_unsupported_key_with_a_value_is_rejected(write_config):
+    (problem,) = problems_of(write_config(BASE + "fsdp_config:\n  fsdp_version: 2\n"))
+    assert problem.startswith("fsdp_config") and "not supported by gym yet" in problem
+
+
+def test_unsupported_key_left_empty_is_a_note_not_an_error(write_config):
+    notes: list[str] = []
+    cfg = load_config(write_config(BASE + "wandb_project:\nliger_rope: false\n"), notes=notes)
+    assert cfg.base_model == "some/model"
+    assert len(notes) == 2 and notes[0].startswith("wandb_project (line 5)")
+
+
+def test_renamed_keys_say_what_to_write(write_config):
+    (problem,) = problems_of(write_config(BASE + "max_packed_sequence_len: 2048\n"))
+    assert "renamed" in problem and "sample_packing" in problem
+    (problem,) = problems_of(write_config(BASE + "    message_field_role: from\n"))
+    assert problem.startswith("datasets.0.message_field_role") and "message_property_mappings" in problem
+
+
+def test_axolotl_plugin_paths_are_checked_against_installed_plugins(write_config):
+    cfg = load_config(write_config(BASE + "plugins:\n  - gym.plugins.lora\n"))
+    assert cfg.plugins == ["gym.plugins.lora"]
+    (problem,) = problems_of(write_config(BASE + "plugins:\n  - axolotl.integrations.liger.LigerPlugin\n"))
+    assert problem.startswith("plugins.0") and "'liger'" in problem
+
+
+def test_user_defined_format_is_validated_strictly(write_config):
+    text = BASE.replace("type: alpaca", "type:\n      field_instruction: q\n      field_output: a\n      formatt: x")
+    (problem,) = problems_of(write_config(text))
+    assert problem.startswith("datasets.0.type.formatt") and "did you mean 'format'" in problem
+
+
+def test_secrets_are_redacted(write_config):
+    cfg = load_config(write_config(BASE + "hub_model_id: me/model\nspecial_tokens:\n  pad_token: <pad>\n"))
+    data = redacted(cfg)
+    assert data["special_tokens"] == {"pad_token": "<pad>"}
+    assert data["hub_model_id"] == "me/model"
