@@ -149,7 +149,7 @@ class CoreConfig(Strict):
     float16: bool | None = Field(None, description="Load the model weights in float16.")
     bfloat16: bool | None = Field(None, description="Load the model weights in bfloat16.")
     torch_dtype: str | None = Field(None, description="dtype for the loaded weights (float32, bfloat16, float16).")
-    gradient_checkpointing: Union[bool, Literal["unsloth", "offload"]] = Field(
+    gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass to save memory."
     )
     gradient_checkpointing_kwargs: dict[str, Any] | None = Field(
