@@ -336,6 +336,22 @@ def core_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
         problems.append(ConfigProblem("skip_prepare_dataset", "not supported by gym yet; gym always prepares datasets"))
     if cfg.test_datasets and cfg.val_set_size:
         problems.append(ConfigProblem("val_set_size", "set val_set_size or test_datasets, not both"))
+    if cfg.val_set_size >= 1 and cfg.val_set_size != int(cfg.val_set_size):
+        problems.append(ConfigProblem("val_set_size", "a fraction below 1 or a whole number of rows"))
+    if cfg.chat_template is not None:
+        from gym.chat_templates import CHAT_TEMPLATE_NAMES, is_known_chat_template
+
+        if not is_known_chat_template(cfg.chat_template):
+            problems.append(
+                ConfigProblem(
+                    "chat_template",
+                    f"chat template {cfg.chat_template!r} is not built into gym yet"
+                    f"{_suggest(cfg.chat_template, CHAT_TEMPLATE_NAMES)}; write tokenizer_default to use the "
+                    f"model's own template (known: {', '.join(sorted(CHAT_TEMPLATE_NAMES))})",
+                )
+            )
+        elif cfg.chat_template == "jinja" and not cfg.chat_template_jinja:
+            problems.append(ConfigProblem("chat_template_jinja", "required when chat_template is 'jinja'"))
     if cfg.max_steps is not None and cfg.max_steps == 0:
         problems.append(ConfigProblem("max_steps", "must be positive (or unset to use num_epochs)"))
     strategies = manager.dataset_strategies()

@@ -44,6 +44,7 @@ class DatasetStrategy:
 class RowError(ValueError):
     """Raised by a strategy when one row cannot be turned into a sample; gym adds where it was."""
 
-    def __init__(self, message: str, field: str | None = None):
+    def __init__(self, message: str, field: str | None = None, row: int | None = None):
         super().__init__(message)
         self.field = field
+        self.row = row

@@ -194,6 +194,13 @@ class CoreConfig(Strict):
     def _empty_mapping(cls, value: Any) -> Any:
         return value or None
 
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing_variants(cls, value: Any) -> Any:
+        if value in ("offload", "unsloth"):
+            raise ValueError(f"{value!r} (activation offloading) is not supported by gym yet; write true or false")
+        return value
+
     @field_validator("tokens", mode="before")
     @classmethod
     def _tokens_is_a_list(cls, value: Any) -> Any:

@@ -1,1 +1,322 @@
-"""The lora plugin (placeholder: being built)."""
+"""LoRA adapters (and their variants rsLoRA, DoRA; QLoRA with the quantization plugin) through PEFT.
+
+With ``adapter: lora`` or ``adapter: qlora`` the loaded model is wrapped by ``peft.get_peft_model`` (or, with
+``lora_model_dir``, by the saved adapter, trainable again); only the adapter's parameters and the modules named
+in ``lora_modules_to_save`` train. The trainer then saves only the adapter, in PEFT's own layout, so plain
+``peft.PeftModel.from_pretrained(base, output_dir)`` loads it. ``gym merge-lora`` (see :mod:`gym.merge`) folds it
+into the base model. With ``adapter`` unset every hook here returns ``None`` and changes nothing.
+
+torch and peft are imported inside the hooks only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import Field, field_validator
+
+from gym import hookimpl
+from gym.schema import Strict
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+
+_DEFAULTS = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
+
+
+class LoraSettings(Strict):
+    """Keys of the lora plugin."""
+
+    adapter: Literal["lora", "qlora"] | None = Field(
+        None,
+        description="Train an adapter instead of the whole model: `lora`, or `qlora` (LoRA on a 4-bit base; "
+        "needs `load_in_4bit: true`). Unset: full fine-tuning.",
+    )
+    lora_r: int = Field(8, gt=0, description="LoRA rank: the inner dimension of each adapter's two matrices.")
+    lora_alpha: Union[int, float] = Field(
+        16, gt=0, description="LoRA scaling numerator: updates are scaled by lora_alpha / lora_r "
+        "(lora_alpha / sqrt(lora_r) with peft_use_rslora)."
+    )
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input during training.")
+    lora_target_modules: Union[list[str], str, None] = Field(
+        None,
+        description="Modules to adapt: a list of module names (`q_proj`, `v_proj`, ...) or one regular "
+        "expression matched against full module paths. Unset without lora_target_linear: PEFT's default for "
+        "the architecture.",
+    )
+    lora_target_linear: bool | None = Field(
+        None,
+        description="Adapt every linear layer except the output head (added to lora_target_modules).",
+    )
+    lora_modules_to_save: list[str] | None = Field(
+        None,
+        description="Modules trained in full and saved with the adapter, e.g. [embed_tokens, lm_head] when "
+        "new tokens are added.",
+    )
+    lora_fan_in_fan_out: bool | None = Field(
+        None, description="The target layers store weights as (fan_in, fan_out), as GPT-2's Conv1D does."
+    )
+    peft_use_rslora: bool | None = Field(
+        None, description="Rank-stabilised LoRA: scale updates by lora_alpha / sqrt(lora_r)."
+    )
+    peft_use_dora: bool | None = Field(
+        None, description="DoRA: learn each weight's magnitude apart from its LoRA-updated direction."
+    )
+    peft_layers_to_transform: list[int] | None = Field(
+        None, description="Adapt only the decoder layers with these indices (default: all)."
+    )
+    lora_model_dir: str | None = Field(
+        None,
+        description="A saved adapter (folder with adapter_config.json) to continue training from; its own "
+        "settings (rank, targets, ...) are used.",
+    )
+    merge_lora: bool = Field(
+        False,
+        description="After training, also write the adapter merged into the base model to output_dir/merged "
+        "(as `gym merge-lora` does).",
+    )
+
+    @field_validator("lora_r", "lora_alpha", "lora_dropout", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any, info) -> Any:
+        """Axolotl configs often leave these keys empty (``lora_r:``) in configs without an adapter."""
+        return _DEFAULTS[info.field_name] if value is None else value
+
+    @field_validator("lora_target_modules", "lora_modules_to_save", mode="before")
+    @classmethod
+    def _empty_list_is_none(cls, value: Any) -> Any:
+        return value or None
+
+
+@hookimpl
+def gym_config_schema():
+    return LoraSettings
+
+
+# ---------------------------------------------------------------------------------------- validation
+
+
+def saved_adapter_config(folder: str | Path) -> dict[str, Any] | None:
+    """The ``adapter_config.json`` of a local adapter folder, or ``None`` when there is none."""
+    path = Path(folder) / ADAPTER_CONFIG_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+@hookimpl
+def gym_validate_config(cfg):
+    from gym.config import ConfigProblem
+
+    problems = []
+    adapter = cfg.adapter
+    if adapter is None:
+        if cfg.lora_model_dir:
+            problems.append(
+                ConfigProblem("lora_model_dir", "a saved adapter is given but `adapter` is not set; set adapter: lora "
+                              "(or qlora) to continue training it")
+            )
+        if cfg.merge_lora:
+            problems.append(ConfigProblem("merge_lora", "merging needs an adapter; set adapter: lora or qlora"))
+        return problems
+    if adapter == "qlora":
+        if getattr(cfg, "load_in_8bit", False):
+            problems.append(
+                ConfigProblem("adapter", "qlora trains on a 4-bit base but load_in_8bit is true; use adapter: lora "
+                              "with load_in_8bit, or load_in_4bit: true with qlora")
+            )
+        elif not getattr(cfg, "load_in_4bit", False):
+            problems.append(ConfigProblem("adapter", "qlora needs load_in_4bit: true (or use adapter: lora)"))
+    if isinstance(cfg.lora_target_modules, str) and cfg.lora_target_linear:
+        problems.append(
+            ConfigProblem("lora_target_linear", "cannot be combined with a regular expression in lora_target_modules; "
+                          "give lora_target_modules as a list of names, or drop lora_target_linear")
+        )
+    if cfg.lora_model_dir:
+        folder = Path(cfg.lora_model_dir)
+        if folder.exists() and saved_adapter_config(folder) is None:
+            problems.append(
+                ConfigProblem("lora_model_dir", f"{folder} holds no {ADAPTER_CONFIG_FILE}: not a saved adapter folder")
+            )
+    return problems
+
+
+# ------------------------------------------------------------------------------------------- model
+
+
+def output_head_name(model) -> str | None:
+    """The module path of the model's output projection (``lm_head``), or ``None``."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return None
+    return next((name for name, module in model.named_modules() if module is head), None)
+
+
+def linear_module_names(model) -> set[str]:
+    """Last path parts of every linear layer (quantized ones included) except the output head."""
+    import torch
+
+    linear_types: tuple[type, ...] = (torch.nn.Linear,)
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        linear_types += (Conv1D,)
+    except ImportError:  # pragma: no cover - transformers always has it today
+        pass
+    head = output_head_name(model)
+    return {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, linear_types) and name != head
+    }
+
+
+def target_modules(cfg, model) -> Union[list[str], str, None]:
+    """What LoraConfig.target_modules gets: the named modules, plus every linear layer with lora_target_linear."""
+    named = cfg.lora_target_modules
+    if not cfg.lora_target_linear:
+        return named
+    return sorted(set(named or ()) | linear_module_names(model))
+
+
+def lora_config(cfg, model):
+    """The ``peft.LoraConfig`` the config asks for."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=target_modules(cfg, model),
+        modules_to_save=cfg.lora_modules_to_save,
+        fan_in_fan_out=bool(cfg.lora_fan_in_fan_out),
+        use_rslora=bool(cfg.peft_use_rslora),
+        use_dora=bool(cfg.peft_use_dora),
+        layers_to_transform=cfg.peft_layers_to_transform,
+        bias="none",
+    )
+
+
+def _embedding_module_names(model) -> list[str]:
+    """Last path parts of the input embedding and the output head (``embed_tokens``, ``lm_head``)."""
+    names = []
+    inputs = model.get_input_embeddings()
+    for name, module in model.named_modules():
+        if module is inputs:
+            names.append(name.rsplit(".", 1)[-1])
+            break
+    head = output_head_name(model)
+    if head:
+        names.append(head.rsplit(".", 1)[-1])
+    return names
+
+
+def _base_vocab_size(cfg) -> int | None:
+    """The vocabulary size the base model was saved with (before gym added tokens)."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(
+            cfg.base_model_config or cfg.base_model, trust_remote_code=cfg.trust_remote_code
+        )
+    except Exception:  # a model gym builds itself has no config on disk: nothing to compare
+        return None
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text_config, "vocab_size", None)
+
+
+@hookimpl
+def gym_after_model_load(cfg, model, tokenizer):
+    """Refuse to train new tokens whose embeddings the adapter would leave random and frozen."""
+    if cfg.adapter is None:
+        return
+    base_vocab = _base_vocab_size(cfg)
+    if base_vocab is None or len(tokenizer) <= base_vocab:
+        return
+    saved = saved_adapter_config(cfg.lora_model_dir) if cfg.lora_model_dir else None
+    to_save = set((saved or {}).get("modules_to_save") or cfg.lora_modules_to_save or ())
+    needed = _embedding_module_names(model)
+    missing = [name for name in needed if name not in to_save]
+    if not missing:
+        return
+    from gym.errors import ConfigError
+
+    new_tokens = tokenizer.convert_ids_to_tokens(list(range(base_vocab, len(tokenizer))))
+    shown = ", ".join(repr(t) for t in new_tokens[:8]) + (" ..." if len(new_tokens) > 8 else "")
+    raise ConfigError(
+        f"lora_modules_to_save: {len(new_tokens)} new token(s) were added to the vocabulary ({shown}); their "
+        f"embedding rows start random and, with adapter: {cfg.adapter}, would stay frozen, so the model could "
+        f"neither read nor write them. Add lora_modules_to_save: [{', '.join(needed)}] to train them"
+    )
+
+
+@hookimpl
+def gym_wrap_model(cfg, model):
+    """Wrap the model in a new LoRA adapter, or in the saved one at ``lora_model_dir`` (trainable)."""
+    if cfg.adapter is None:
+        return None
+    from peft import PeftModel, get_peft_model
+
+    from gym.errors import ConfigError, ModelError
+
+    if cfg.lora_model_dir:
+        _warn_about_ignored_settings(cfg)
+        try:
+            wrapped = PeftModel.from_pretrained(model, cfg.lora_model_dir, is_trainable=True)
+        except Exception as exc:
+            raise ModelError(
+                f"lora_model_dir: cannot load the adapter in {cfg.lora_model_dir}: {type(exc).__name__}: {exc}"
+            ) from exc
+    else:
+        config = lora_config(cfg, model)
+        try:
+            wrapped = get_peft_model(model, config)
+        except ValueError as exc:
+            available = ", ".join(sorted(linear_module_names(model)))
+            field = "lora_target_modules"
+            raise ConfigError(
+                f"{field}: {exc} (linear layers of this model: {available}; or set lora_target_linear: true)"
+            ) from exc
+    trainable, total = wrapped.get_nb_trainable_parameters()
+    logger.info("%s: training %d of %d parameters (%.2f%%)", cfg.adapter, trainable, total, 100 * trainable / total)
+    return wrapped
+
+
+def _warn_about_ignored_settings(cfg) -> None:
+    """With a saved adapter its own settings rule; say which of the config's values are therefore unused."""
+    saved = saved_adapter_config(cfg.lora_model_dir)
+    if saved is None:
+        return
+    pairs = {
+        "lora_r": ("r", cfg.lora_r),
+        "lora_alpha": ("lora_alpha", cfg.lora_alpha),
+        "peft_use_rslora": ("use_rslora", bool(cfg.peft_use_rslora)),
+        "peft_use_dora": ("use_dora", bool(cfg.peft_use_dora)),
+    }
+    differing = [
+        f"{key}={ours!r} (adapter: {saved[name]!r})"
+        for key, (name, ours) in pairs.items()
+        if name in saved and saved[name] != ours
+    ]
+    if differing:
+        logger.warning(
+            "lora_model_dir %s: continuing with the saved adapter's settings; these config values are not used: %s",
+            cfg.lora_model_dir,
+            ", ".join(differing),
+        )
+
+
+@hookimpl
+def gym_after_train(cfg, output_dir):
+    """With ``merge_lora: true``, also write the merged model to ``output_dir/merged``."""
+    if cfg.adapter is None or not cfg.merge_lora:
+        return
+    from gym.merge import merge_adapter
+
+    target = merge_adapter(cfg, output_dir)
+    logger.info("merged model written to %s", target)

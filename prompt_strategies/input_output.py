@@ -1,9 +1,69 @@
-"""The `input_output` dataset strategy (placeholder: being built)."""
+"""The ``input_output`` dataset strategy: each row is ``segments: [{text, label}]``.
+
+Segments are concatenated as they are (no separator, no EOS added); a segment with ``label: true`` is
+trained, one with ``label: false`` is not (unless ``train_on_inputs``). Each segment is tokenized on its
+own, so write spaces and newlines inside the texts where they belong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from gym import hookimpl
 from gym.datasets_api import DatasetStrategy
 
+NAME = "input_output"
+
 
 @hookimpl
 def gym_dataset_strategies():
-    return [DatasetStrategy(name="input_output", builder="gym.prompt_strategies.input_output:build")]
+    return [
+        DatasetStrategy(
+            name=NAME,
+            builder=f"{__name__}:build",
+            description="Rows of `segments: [{text, label}]`; segments with label true are trained.",
+        )
+    ]
+
+
+@hookimpl
+def gym_validate_config(cfg):
+    from gym.data.options import foreign_option_problems
+
+    return foreign_option_problems(cfg, (NAME,), None)
+
+
+def build(tokenizer: Any, cfg: Any, dataset: Any):
+    return InputOutputStrategy(tokenizer, cfg, dataset)
+
+
+class InputOutputStrategy:
+    def __init__(self, tokenizer: Any, cfg: Any, dataset: Any):
+        from gym.data.tokenizing import SegmentEncoder, train_on_inputs_for
+
+        self.encoder = SegmentEncoder(tokenizer)
+        self.train_all = train_on_inputs_for(cfg, dataset)
+
+    def tokenize_batch(self, rows: dict[str, list]) -> dict[str, list]:
+        from gym.data.tokenizing import column, row_error
+
+        all_segments = column(rows, "segments")
+        samples = []
+        for i, segments in enumerate(all_segments):
+            if not isinstance(segments, list) or not segments:
+                raise row_error("'segments' must be a non-empty list of {text, label}", "segments", i)
+            sample = []
+            for j, segment in enumerate(segments):
+                where = f"segments[{j}]"
+                if not isinstance(segment, dict):
+                    raise row_error(f"{where} must be a mapping with text and label", where, i)
+                text, label = segment.get("text"), segment.get("label")
+                if not isinstance(text, str):
+                    raise row_error(f"{where}.text must be text, got {type(text).__name__}", f"{where}.text", i)
+                if not isinstance(label, bool):
+                    raise row_error(
+                        f"{where}.label must be true or false, got {label!r}", f"{where}.label", i
+                    )
+                sample.append((text, label or self.train_all))
+            samples.append(sample)
+        return self.encoder.encode(samples)

@@ -21,7 +21,7 @@ from gym.errors import GymError
 
 def classify(problem: str) -> str:
     message = problem.split(": ", 1)[-1] if ": " in problem else problem
-    if "not supported by gym yet" in message or "is not installed in gym" in message:
+    if any(m in message for m in ("not supported by gym yet", "is not installed in gym", "not built into gym")):
         return "not supported yet"
     if message.startswith("renamed"):
         return "renamed"

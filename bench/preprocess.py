@@ -1,0 +1,298 @@
+"""Preprocessing speed and memory: gym's ``prepare_datasets`` against the fast tokenizer's batch call alone.
+
+    python bench/preprocess.py                      # alpaca 10k, alpaca 100k, chat 10k
+    python bench/preprocess.py --cases alpaca:10000 --repeat 3
+    python bench/preprocess.py --cases alpaca:1000000 --sequence-len 8192   # bigger runs
+
+For each case the rows are generated once (``bench/datagen.py``, not timed) and then, each in its own fresh
+process so that memory figures belong to one measurement:
+
+- ``floor``: the same texts (rendered with the Alpaca prompt or the chat template beforehand, not timed)
+  through the tokenizer's batch call, 1000 texts a call, results dropped after counting;
+- ``gym cold``: ``gym.data.prepare.prepare_datasets(cfg, tokenizer)`` with an empty
+  ``dataset_prepared_path`` and an empty datasets cache (``HF_DATASETS_CACHE``);
+- ``gym warm``: the same again, the cache left by the cold run in place.
+
+Times cover only the call measured (not the interpreter start, imports or building the tokenizer). Memory:
+``peak RSS`` is the process's ``ru_maxrss``; ``peak heap`` is the sampled peak of resident anonymous memory
+(the heap, excluding memory-mapped Arrow files) above what the process held just before the call.
+Targets: cold within 1.5x of the floor; warm under 1 s; heap not growing with the dataset beyond the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import REPO, dir_size_mib, emit_result, fresh_dir, peak_rss_mib, print_machine, print_table, run_child  # noqa: E402,E501
+from _memory import MemorySampler, current_anon_mib, current_file_mib  # noqa: E402
+
+DEFAULT_CASES = "alpaca:10000,alpaca:100000,chat:10000"
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n{output}"
+)
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n{output}"
+)
+FLOOR_BATCH = 1000
+COLD_TARGET, WARM_TARGET_S = 1.5, 1.0
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def quickstart_base_model() -> str:
+    """The quickstart's ``base_model`` (its tokenizer is "the quickstart tokenizer")."""
+    path = REPO / "examples" / "quickstart.yml"
+    if path.exists():
+        import yaml
+
+        value = (yaml.safe_load(path.read_text()) or {}).get("base_model")
+        if value:
+            return str(value)
+    return "builtin:tiny-llama"
+
+
+def load_quickstart_tokenizer(cfg):
+    """The tokenizer gym itself would load for this config, or ``gym.tiny.build_tokenizer()``."""
+    try:
+        from gym.model import load_tokenizer
+    except ImportError:
+        from gym.tiny import build_tokenizer
+
+        return build_tokenizer(), "gym.tiny.build_tokenizer()"
+    return load_tokenizer(cfg), f"gym.model.load_tokenizer ({cfg.base_model})"
+
+
+def write_config(path: Path, kind: str, data: Path, prepared: Path, sequence_len: int, packing: bool) -> None:
+    import yaml
+
+    dataset = {"path": str(data), "type": "alpaca" if kind == "alpaca" else "chat_template"}
+    if kind == "chat":
+        dataset["field_messages"] = "messages"
+    config = {
+        "base_model": quickstart_base_model(),
+        "datasets": [dataset],
+        "dataset_prepared_path": str(prepared),
+        "sequence_len": sequence_len,
+        "sample_packing": packing,
+        "val_set_size": 0,
+        "output_dir": str(path.parent / "out"),
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def column_token_count(dataset) -> tuple[int, int]:
+    """(rows, tokens) of a prepared split, read from the Arrow offsets when it is a ``datasets.Dataset``."""
+    if dataset is None:
+        return 0, 0
+    table = getattr(dataset, "data", None)
+    if table is not None and hasattr(table, "column"):
+        import pyarrow.compute as pc
+
+        ids = table.column("input_ids")
+        return len(dataset), int(pc.sum(pc.list_value_length(ids)).as_py() or 0)
+    return len(dataset), sum(len(row["input_ids"]) for row in dataset)
+
+
+# ------------------------------------------------------------------------------------- child: floor
+
+
+def child_floor(kind: str, data: str) -> None:
+    from datagen import read_jsonl
+    from gym.config import load_config
+
+    cfg = load_config(os.environ["GYM_BENCH_CONFIG"])
+    tokenizer, source = load_quickstart_tokenizer(cfg)
+    rows = read_jsonl(Path(data))
+    if kind == "alpaca":
+        texts = [
+            (ALPACA_WITH_INPUT if r["input"].strip() else ALPACA_NO_INPUT).format(**r) + tokenizer.eos_token
+            for r in rows
+        ]
+    else:
+        texts = tokenizer.apply_chat_template([r["messages"] for r in rows], tokenize=False)
+    del rows
+    baseline, baseline_file = current_anon_mib(), current_file_mib()
+    tokens = 0
+    with MemorySampler() as memory:
+        start = time.perf_counter()
+        for i in range(0, len(texts), FLOOR_BATCH):
+            ids = tokenizer(texts[i:i + FLOOR_BATCH], add_special_tokens=False)["input_ids"]
+            tokens += sum(len(x) for x in ids)
+        seconds = time.perf_counter() - start
+    emit_result({
+        "seconds": seconds, "rows": len(texts), "tokens": tokens, "tokenizer": source,
+        "peak_rss_mib": peak_rss_mib(), "peak_heap_mib": memory.peak_anon_mib - baseline,
+        "peak_mapped_mib": memory.peak_file_mib - baseline_file,
+    })
+
+
+# --------------------------------------------------------------------------------------- child: gym
+
+
+def child_gym(config: str) -> None:
+    from gym.config import load_config
+    from gym.data.prepare import prepare_datasets
+
+    cfg = load_config(config)
+    tokenizer, source = load_quickstart_tokenizer(cfg)
+    import datasets  # noqa: F401  (imported before the baseline, as a training run would have)
+
+    baseline, baseline_file = current_anon_mib(), current_file_mib()
+    profile_to = os.environ.get("GYM_BENCH_PROFILE")
+    profiler = None
+    if profile_to:
+        import cProfile
+
+        profiler = cProfile.Profile()
+    with MemorySampler() as memory:
+        start = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        prepared = prepare_datasets(cfg, tokenizer)
+        if profiler:
+            profiler.disable()
+        seconds = time.perf_counter() - start
+    peak = peak_rss_mib()
+    if profiler:
+        import io
+        import pstats
+
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(40)
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+        Path(profile_to).write_text(out.getvalue())
+    rows, tokens = column_token_count(prepared.train)
+    eval_rows, eval_tokens = column_token_count(getattr(prepared, "eval", None))
+    print(prepared.summary())
+    emit_result({
+        "seconds": seconds, "rows": rows + eval_rows, "tokens": tokens + eval_tokens, "tokenizer": source,
+        "peak_rss_mib": peak, "peak_heap_mib": memory.peak_anon_mib - baseline,
+        "peak_mapped_mib": memory.peak_file_mib - baseline_file,
+    })
+
+
+# ------------------------------------------------------------------------------------------ parent
+
+
+def _profile_env(folder: Path | None, name: str) -> dict[str, str]:
+    return {"GYM_BENCH_PROFILE": str(folder / f"{name}.txt")} if folder else {}
+
+
+def measure(args: list[str], env: dict[str, str], repeat: int, before=None) -> dict:
+    """The fastest of ``repeat`` child runs (``before`` runs ahead of each, e.g. to empty a cache)."""
+    best = None
+    for _ in range(repeat):
+        if before:
+            before()
+        result = run_child(HERE / "preprocess.py", args, env=env)
+        if best is None or result["seconds"] < best["seconds"]:
+            best = result
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=DEFAULT_CASES, help=f"KIND:ROWS,... (default {DEFAULT_CASES})")
+    parser.add_argument("--sequence-len", type=int, default=8192,
+                        help="sequence_len (default 8192: long enough that no generated row is dropped)")
+    parser.add_argument("--packing", action="store_true", help="also pack (sample_packing: true)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement; the fastest is kept")
+    parser.add_argument("--workdir", default=None, help="where data and caches go (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="write a cProfile report of each gym run to DIR (times then include profiling)")
+    opts, rest = parser.parse_known_args()
+
+    if rest:
+        if rest[0] == "_floor":
+            return child_floor(rest[1], rest[2])
+        if rest[0] == "_gym":
+            return child_gym(rest[1])
+        parser.error(f"unknown arguments {rest}")
+
+    from datagen import write_jsonl
+
+    work = Path(opts.workdir or tempfile.mkdtemp(prefix="gym-bench-preprocess-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print_machine("Preprocessing")
+    print(f"sequence_len {opts.sequence_len}, sample_packing {opts.packing}, fastest of {opts.repeat} run(s); "
+          f"work folder {work}")
+    print()
+    table, memory_rows, notes = [], [], []
+    try:
+        for case in opts.cases.split(","):
+            kind, n = case.split(":")
+            n = int(n)
+            data = write_jsonl(kind, n, work / f"{kind}-{n}.jsonl")
+            case_dir = work / f"{kind}-{n}"
+            prepared = case_dir / "prepared"
+            config = case_dir / "config.yml"
+            fresh_dir(case_dir)
+            write_config(config, kind, data, prepared, opts.sequence_len, opts.packing)
+            env = {
+                "GYM_BENCH_CONFIG": str(config),
+                "HF_DATASETS_CACHE": str(case_dir / "hf-datasets-cache"),
+                "HF_HUB_OFFLINE": "1",
+            }
+
+            def empty_caches() -> None:
+                for path in (prepared, case_dir / "hf-datasets-cache"):
+                    shutil.rmtree(path, ignore_errors=True)
+
+            floor = measure(["_floor", kind, str(data)], env, opts.repeat)
+            profile = Path(opts.profile).resolve() / f"{kind}-{n}" if opts.profile else None
+            if profile:
+                profile.mkdir(parents=True, exist_ok=True)
+            cold = measure(["_gym", str(config)], {**env, **_profile_env(profile, "cold")}, opts.repeat,
+                           before=empty_caches)
+            warm = measure(["_gym", str(config)], {**env, **_profile_env(profile, "warm")}, opts.repeat)
+            data_mib = data.stat().st_size / 2**20
+            cache_mib = dir_size_mib(prepared) if prepared.exists() else 0.0
+            label = f"{kind} {n:,}"
+            for name, r in (("floor (tokenizer only)", floor), ("gym cold", cold), ("gym warm", warm)):
+                ratio = r["seconds"] / floor["seconds"]
+                table.append([
+                    label, name, r["seconds"], r["rows"], r["rows"] / r["seconds"], r["tokens"] / r["seconds"],
+                    f"{ratio:.2f}x", r["peak_rss_mib"], r["peak_heap_mib"],
+                ])
+            verdict_cold = "yes" if cold["seconds"] <= COLD_TARGET * floor["seconds"] else "MISSED"
+            verdict_warm = "yes" if warm["seconds"] < WARM_TARGET_S else "MISSED"
+            notes.append([label, f"{cold['seconds'] / floor['seconds']:.2f}x", verdict_cold,
+                          warm["seconds"], verdict_warm, floor["tokens"], cold["tokens"]])
+            memory_rows.append([label, data_mib, cache_mib, cold["peak_heap_mib"], cold["peak_mapped_mib"],
+                                warm["peak_heap_mib"], warm["peak_mapped_mib"]])
+            print(f"done: {label}", file=sys.stderr)
+        print("Times in seconds; rows/s and tokens/s over the call measured; memory in MiB.")
+        print()
+        print_table(["data", "measurement", "seconds", "rows", "rows/s", "tokens/s", "vs floor",
+                     "peak RSS", "peak heap"], table)
+        print(f"Targets: cold <= {COLD_TARGET}x floor, warm < {WARM_TARGET_S} s. Token counts differ slightly "
+              "because gym tokenizes prompt and response separately.")
+        print()
+        print_table(["data", "cold / floor", "cold target", "warm s", "warm target", "floor tokens",
+                     "gym tokens"], notes)
+        print("Memory (MiB): the data file, gym's prepared cache, and for each gym run the peaks, above what the "
+              "process held when the call started, of its heap (resident anonymous memory) and of its resident "
+              "file-backed pages (memory-mapped Arrow files, newly loaded libraries).")
+        print()
+        print_table(["data", "jsonl", "prepared cache", "cold heap", "cold mapped", "warm heap", "warm mapped"],
+                    memory_rows)
+    finally:
+        if not opts.keep and not opts.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The prepared-data cache: reused when nothing changed, rebuilt on any change, safe with two processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from gym.data.prepare import prepare_datasets
+from gym.plugin_manager import GymPluginManager
+
+MINE = "alpaca,chat_template,completion,input_output,pretrain,user_defined"
+
+
+@pytest.fixture(scope="module")
+def manager():
+    m = GymPluginManager()
+    m.load_entry_points(environ={"GYM_PLUGINS": MINE})
+    return m
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from gym.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+def write_rows(path, n, answer="{}"):
+    rows = [{"instruction": f"Add {i} and {i}", "input": "", "output": answer.format(2 * i)} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def make_cfg(manager, data, cache, **top):
+    base = {"base_model": "tiny", "datasets": [{"path": str(data), "type": "alpaca"}], "dataset_prepared_path": str(cache)}
+    return manager.schema().model.model_validate({**base, **top})
+
+
+def test_unchanged_config_hits_and_every_change_rebuilds(manager, tok, tmp_path):
+    data, cache = tmp_path / "a.jsonl", tmp_path / "prepared"
+    write_rows(data, 40)
+    first = prepare_datasets(make_cfg(manager, data, cache, sample_packing=True, sequence_len=512), tok, manager=manager)
+    assert first.report.cache == "miss" and first.report.cache_path
+    start = time.perf_counter()
+    again = prepare_datasets(make_cfg(manager, data, cache, sample_packing=True, sequence_len=512), tok, manager=manager)
+    assert time.perf_counter() - start < 1.0
+    assert again.report.cache_hit and again.report.cache_path == first.report.cache_path
+    assert again.train["input_ids"] == first.train["input_ids"]
+    assert again.train["position_ids"] == first.train["position_ids"]
+    assert again.report.train_rows == first.report.train_rows and "cache: hit" in again.summary()
+
+    def fingerprint_after(cfg, tokenizer=tok):
+        prepared = prepare_datasets(cfg, tokenizer, manager=manager)
+        assert prepared.report.cache == "miss"
+        return prepared.report.fingerprint
+
+    seen = {first.report.fingerprint}
+    seen.add(fingerprint_after(make_cfg(manager, data, cache, sample_packing=True, sequence_len=256)))
+    seen.add(fingerprint_after(make_cfg(manager, data, cache, sample_packing=False, sequence_len=512)))
+    seen.add(fingerprint_after(make_cfg(manager, data, cache, sample_packing=True, sequence_len=512, train_on_inputs=True)))
+    seen.add(fingerprint_after(make_cfg(manager, data, cache, sample_packing=True, sequence_len=512, val_set_size=0.1)))
+    changed_tok = tok.__class__.from_pretrained(_save(tok, tmp_path / "tok"))
+    changed_tok.add_tokens(["<|new|>"])
+    seen.add(fingerprint_after(make_cfg(manager, data, cache, sample_packing=True, sequence_len=512), changed_tok))
+    templated = tok.__class__.from_pretrained(_save(tok, tmp_path / "tok2"))
+    templated.chat_template = "{{ messages }}"
+    seen.add(fingerprint_after(make_cfg(manager, data, cache, sample_packing=True, sequence_len=512), templated))
+    write_rows(data, 40, answer="the answer is {}")
+    seen.add(fingerprint_after(make_cfg(manager, data, cache, sample_packing=True, sequence_len=512)))
+    assert len(seen) == 8
+    folders = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
+    assert len(folders) == 8 and not [p for p in cache.iterdir() if p.name.startswith(".tmp")]
+
+
+def _save(tok, path):
+    tok.save_pretrained(path)
+    return path
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from gym.plugin_manager import GymPluginManager
+    from gym.data.prepare import prepare_datasets
+    from gym.tiny import build_tokenizer
+
+    manager = GymPluginManager()
+    manager.load_entry_points(environ={"GYM_PLUGINS": "alpaca"})
+    cfg = manager.schema().model.model_validate({
+        "base_model": "tiny", "sample_packing": True, "sequence_len": 256, "val_set_size": 0.1,
+        "datasets": [{"path": sys.argv[1], "type": "alpaca"}], "dataset_prepared_path": sys.argv[2],
+    })
+    prepared = prepare_datasets(cfg, build_tokenizer(), manager=manager)
+    print(json.dumps({"cache": prepared.report.cache, "fingerprint": prepared.report.fingerprint,
+                      "rows": len(prepared.train), "first": prepared.train[0]["input_ids"]}))
+    """
+)
+
+
+def test_two_processes_preparing_at_once_leave_one_valid_cache(tmp_path):
+    data, cache = tmp_path / "a.jsonl", tmp_path / "prepared"
+    write_rows(data, 3000)
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    children = [
+        subprocess.Popen([sys.executable, str(script), str(data), str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = []
+    for child in children:
+        out, err = child.communicate(timeout=240)
+        assert child.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(r["cache"] for r in results) == ["hit", "miss"]
+    assert results[0]["fingerprint"] == results[1]["fingerprint"]
+    assert results[0]["rows"] == results[1]["rows"] and results[0]["first"] == results[1]["first"]
+    entries = [p.name for p in cache.iterdir() if not p.name.endswith(".lock")]
+    assert entries == [results[0]["fingerprint"]]
+    import datasets
+
+    reloaded = datasets.load_from_disk(str(cache / entries[0] / "train"))
+    assert len(reloaded) == results[0]["rows"] and reloaded.column_names == ["input_ids", "labels", "position_ids"]
+
+
+def test_publish_keeps_the_first_complete_build(tmp_path):
+    from gym.data.cache import new_build_dir, publish
+
+    final = tmp_path / "fp"
+    first, second = new_build_dir(tmp_path, "fp"), new_build_dir(tmp_path, "fp")
+    (first / "report.json").write_text("first")
+    (second / "report.json").write_text("second")
+    assert publish(first, final) is True
+    assert publish(second, final) is False
+    assert (final / "report.json").read_text() == "first" and not second.exists()
