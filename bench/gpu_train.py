@@ -270,7 +270,7 @@ def main() -> None:
                 r["peak_gpu_reserved_mib"], f"{mfu:.1%}" if mfu is not None else "-",
                 f"{time.perf_counter() - run_started:.0f} s",
             ])
-        print(f"FLOPs per token: {fpt / 1e9:.2f} GFLOP (mean sample length {facts['mean_len']:.0f} tokens)")
+        print(f"FLOPs per token: {fpt:.3g} (mean sample length {facts['mean_len']:.0f} tokens)")
         print()
         print_table(["run", "s/step", "tokens/s", "padding", "peak GPU MiB", "reserved MiB", "MFU",
                      "run wall"], table)

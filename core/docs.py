@@ -85,13 +85,10 @@ def render(manager) -> str:
     dataset = schema.dataset_model
     core_keys = [k for k, o in schema.dataset_key_owner.items() if o == "core"]
     out += ["## Dataset entries (`datasets:` and `test_datasets:`)", "", *_table(dataset, core_keys), ""]
-    by_strategy: dict[str, list[str]] = {}
-    for key, owner in schema.dataset_key_owner.items():
-        if owner != "core":
-            by_strategy.setdefault(owner, []).append(key)
-    for strategy, keys in sorted(by_strategy.items()):
-        out += [f"### Keys of `type: {strategy}`", "", *_table(dataset, keys), ""]
     strategies = manager.dataset_strategies()
+    for name, (strategy, _) in sorted(strategies.items()):
+        if name == strategy.name and strategy.options is not None and strategy.options.model_fields:
+            out += [f"### Keys of `type: {name}`", "", *_table(strategy.options, list(strategy.options.model_fields)), ""]
     out += ["### Dataset types", "", "| type | plugin | description |", "|---|---|---|"]
     for name, (strategy, plugin) in sorted(strategies.items()):
         alias = f" (alias of `{strategy.name}`)" if name != strategy.name else ""

@@ -8,6 +8,7 @@ not to their 4-bit approximation, and the result is an ordinary transformers mod
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 from gym.errors import ModelError
@@ -33,43 +34,27 @@ def find_adapter_dir(cfg, lora_model_dir: str | None = None) -> Path:
     raise ModelError(f"no trained adapter to merge: no {ADAPTER_CONFIG_FILE} in {tried}")
 
 
-def merge_dtype(cfg):
-    """The dtype the base weights are loaded and merged in: the config's weight dtype, else float32."""
+def trains_in_bf16(cfg) -> bool:
     import torch
 
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if cfg.torch_dtype:
-        if cfg.torch_dtype not in names:
-            from gym.errors import ConfigError
-
-            raise ConfigError(f"torch_dtype: {cfg.torch_dtype!r} is not one of {', '.join(names)}")
-        return names[cfg.torch_dtype]
-    if cfg.bfloat16 or cfg.bf16 is True:
-        return torch.bfloat16
-    if cfg.float16:
-        return torch.float16
-    return torch.float32
+    gpu_bf16 = torch.cuda.is_available() and not cfg.use_cpu and torch.cuda.is_bf16_supported()
+    return cfg.bf16 is True or (cfg.bf16 == "auto" and gpu_bf16)
 
 
-def load_full_precision_base(cfg, tokenizer, dtype):
-    """The base model as trained on (vocabulary resized to the tokenizer), never quantized."""
-    from transformers import AutoModelForCausalLM
+def merge_dtype(cfg):
+    """The dtype the base is loaded and merged in: the config's weight dtype (``torch_dtype``, ``bfloat16``,
+    ``float16``, or bfloat16 with bf16), else float32. Never a quantized one."""
+    from gym.model import weight_dtype
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            cfg.base_model,
-            dtype=dtype,
-            revision=cfg.revision_of_model,
-            trust_remote_code=cfg.trust_remote_code,
-        )
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"base_model: cannot load {cfg.base_model} to merge into: {exc}") from exc
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        multiple = 32 if cfg.resize_token_embeddings_to_32x else None
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=multiple)
-    return model
+    return weight_dtype(cfg, mixed_bf16=trains_in_bf16(cfg))
+
+
+def load_full_precision_base(cfg, tokenizer):
+    """The base model as trained on (embeddings resized to the tokenizer), but never quantized."""
+    from gym.model import load_model
+
+    plain = cfg.model_copy(update={key: False for key in ("load_in_4bit", "load_in_8bit") if hasattr(cfg, key)})
+    return load_model(plain, tokenizer, mixed_bf16=trains_in_bf16(cfg))
 
 
 def merge_adapter(cfg, lora_model_dir: str | None = None) -> Path:
@@ -80,9 +65,11 @@ def merge_adapter(cfg, lora_model_dir: str | None = None) -> Path:
 
     adapter_dir = find_adapter_dir(cfg, lora_model_dir)
     tokenizer = load_tokenizer(cfg)
-    base = load_full_precision_base(cfg, tokenizer, merge_dtype(cfg))
+    base = load_full_precision_base(cfg, tokenizer)
     try:
-        model = PeftModel.from_pretrained(base, str(adapter_dir))
+        with warnings.catch_warnings():  # PEFT still calls an API transformers 5 deprecated; not the user's to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(base, str(adapter_dir))
     except Exception as exc:
         raise ModelError(f"cannot apply the adapter in {adapter_dir} to {cfg.base_model}: {exc}") from exc
     merged = model.merge_and_unload(safe_merge=True)

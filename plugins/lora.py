@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -216,18 +217,21 @@ def _embedding_module_names(model) -> list[str]:
     return names
 
 
-def _base_vocab_size(cfg) -> int | None:
-    """The vocabulary size the base model was saved with (before gym added tokens)."""
-    try:
-        from transformers import AutoConfig
+def tokens_added_by_config(cfg, tokenizer) -> list[str]:
+    """The tokens that ``tokens`` / ``special_tokens`` added to the base tokenizer's vocabulary (but a pad token)."""
+    if not (cfg.tokens or cfg.special_tokens):
+        return []
+    from transformers import AutoTokenizer
 
-        config = AutoConfig.from_pretrained(
-            cfg.base_model_config or cfg.base_model, trust_remote_code=cfg.trust_remote_code
-        )
-    except Exception:  # a model gym builds itself has no config on disk: nothing to compare
-        return None
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return getattr(text_config, "vocab_size", None)
+    from gym.model import resolve_source
+
+    key = "tokenizer_config" if cfg.tokenizer_config else "base_model"
+    source = resolve_source(cfg.tokenizer_config or cfg.base_model, key)
+    base = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    added = tokenizer.convert_ids_to_tokens(list(range(len(base), len(tokenizer))))
+    # A new pad token is harmless: padding is masked out and never trained on.
+    in_use = {tokenizer.eos_token, tokenizer.bos_token, tokenizer.unk_token}
+    return [token for token in added if token != tokenizer.pad_token or token in in_use]
 
 
 @hookimpl
@@ -235,22 +239,20 @@ def gym_after_model_load(cfg, model, tokenizer):
     """Refuse to train new tokens whose embeddings the adapter would leave random and frozen."""
     if cfg.adapter is None:
         return
-    base_vocab = _base_vocab_size(cfg)
-    if base_vocab is None or len(tokenizer) <= base_vocab:
+    new_tokens = tokens_added_by_config(cfg, tokenizer)
+    if not new_tokens:
         return
     saved = saved_adapter_config(cfg.lora_model_dir) if cfg.lora_model_dir else None
     to_save = set((saved or {}).get("modules_to_save") or cfg.lora_modules_to_save or ())
     needed = _embedding_module_names(model)
-    missing = [name for name in needed if name not in to_save]
-    if not missing:
+    if all(name in to_save for name in needed):
         return
     from gym.errors import ConfigError
 
-    new_tokens = tokenizer.convert_ids_to_tokens(list(range(base_vocab, len(tokenizer))))
     shown = ", ".join(repr(t) for t in new_tokens[:8]) + (" ..." if len(new_tokens) > 8 else "")
     raise ConfigError(
         f"lora_modules_to_save: {len(new_tokens)} new token(s) were added to the vocabulary ({shown}); their "
-        f"embedding rows start random and, with adapter: {cfg.adapter}, would stay frozen, so the model could "
+        f"embedding rows start untrained and, with adapter: {cfg.adapter}, would stay frozen, so the model could "
         f"neither read nor write them. Add lora_modules_to_save: [{', '.join(needed)}] to train them"
     )
 
@@ -275,7 +277,9 @@ def gym_wrap_model(cfg, model):
     else:
         config = lora_config(cfg, model)
         try:
-            wrapped = get_peft_model(model, config)
+            with warnings.catch_warnings():  # PEFT still calls an API transformers 5 deprecated; not the user's to fix
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                wrapped = get_peft_model(model, config)
         except ValueError as exc:
             available = ", ".join(sorted(linear_module_names(model)))
             field = "lora_target_modules"

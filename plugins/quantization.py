@@ -65,6 +65,12 @@ def quantized(cfg) -> bool:
     return bool(cfg.load_in_4bit or cfg.load_in_8bit)
 
 
+def bitsandbytes_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
 @hookimpl
 def gym_validate_config(cfg):
     from gym.config import ConfigProblem
@@ -84,6 +90,11 @@ def gym_validate_config(cfg):
         problems.append(
             ConfigProblem("load_in_8bit", "an 8-bit model trains only through an adapter: set adapter: lora")
         )
+    if quantized(cfg) and not bitsandbytes_installed():
+        key = "load_in_4bit" if cfg.load_in_4bit else "load_in_8bit"
+        problems.append(
+            ConfigProblem(key, "needs bitsandbytes, which is not installed: pip install 'gym-llm[qlora]'")
+        )
     if cfg.bnb_config_kwargs is not None and not quantized(cfg):
         problems.append(
             ConfigProblem("bnb_config_kwargs", "given but neither load_in_4bit nor load_in_8bit is true")
@@ -92,15 +103,11 @@ def gym_validate_config(cfg):
 
 
 def training_dtype_name(cfg) -> str:
-    """float32, bfloat16 or float16: the precision the run computes in, as bf16 / fp16 ask."""
-    import torch
+    """float32, bfloat16 or float16: the precision the run computes in, as bf16 / fp16 (``auto`` too) ask."""
+    from gym.train import resolve_precision
 
-    gpu = torch.cuda.is_available() and not cfg.use_cpu
-    if cfg.bf16 is True or (cfg.bf16 == "auto" and gpu and torch.cuda.is_bf16_supported()):
-        return "bfloat16"
-    if cfg.fp16 is True or (cfg.fp16 == "auto" and gpu):
-        return "float16"
-    return "float32"
+    precision = resolve_precision(cfg)
+    return "bfloat16" if precision.bf16 else "float16" if precision.fp16 else "float32"
 
 
 def bnb_config(cfg):
@@ -143,13 +150,13 @@ def gym_model_load_kwargs(cfg):
 
 @hookimpl
 def gym_after_model_load(cfg, model):
-    """Freeze the quantized base, upcast what stays in 16 bit, and let gradients reach checkpointed layers."""
+    """Freeze the quantized base and upcast what stays in 16 bit; the trainer turns on checkpointing itself."""
     if not quantized(cfg) or getattr(cfg, "adapter", None) is None:
         return
     from peft import prepare_model_for_kbit_training
 
-    prepare_model_for_kbit_training(
-        model,
-        use_gradient_checkpointing=bool(cfg.gradient_checkpointing),
-        gradient_checkpointing_kwargs=cfg.gradient_checkpointing_kwargs,
-    )
+    prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        # Checkpointed layers (reentrant ones in particular) need an input that requires grad; a frozen,
+        # quantized model gives none, and PEFT does not add it for quantized models.
+        model.enable_input_require_grads()

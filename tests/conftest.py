@@ -7,6 +7,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+# Tiny models on a 2-core machine with two test workers: one thread per worker avoids oversubscription, which
+# made tiny-model tests dozens of times slower. Set before anything imports torch; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,6 +10,17 @@ from gym.errors import ConfigError, ModelError
 from gym.plugins import lora, quantization
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_cpu_thread():
+    """Tiny models run fastest on one thread; with several, a busy 2-core machine is many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_cfg(**keys):
     """A validated config with the given keys (base model and dataset are placeholders unless given)."""
     from gym.plugin_manager import get_plugin_manager
@@ -232,7 +243,8 @@ def resized_with_new_token(model_dir):
 
 def test_new_tokens_without_trained_embeddings_are_refused(tiny_model_dir):
     model, tok = resized_with_new_token(tiny_model_dir)
-    cfg = make_cfg(base_model=str(tiny_model_dir), adapter="lora", lora_target_linear=True)
+    cfg = make_cfg(base_model=str(tiny_model_dir), adapter="lora", lora_target_linear=True,
+                   tokens=["<|new_token|>"])
     with pytest.raises(ConfigError) as err:
         lora.gym_after_model_load(cfg, model, tok)
     message = str(err.value)
@@ -243,8 +255,24 @@ def test_new_tokens_without_trained_embeddings_are_refused(tiny_model_dir):
 def test_new_tokens_with_trained_embeddings_pass(tiny_model_dir):
     model, tok = resized_with_new_token(tiny_model_dir)
     cfg = make_cfg(base_model=str(tiny_model_dir), adapter="lora", lora_target_linear=True,
-                   lora_modules_to_save=["embed_tokens", "lm_head"])
+                   tokens=["<|new_token|>"], lora_modules_to_save=["embed_tokens", "lm_head"])
     assert lora.gym_after_model_load(cfg, model, tok) is None
+
+
+def test_known_tokens_and_a_new_pad_token_need_no_trained_embeddings(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.add_tokens(["<|im_end|>"])  # already a special token of the tiny tokenizer: nothing new
+    tok.add_special_tokens({"pad_token": "<|end_of_text|>"})  # new, but padding is never trained
+    assert len(tok) == 513
+    cfg = make_cfg(base_model=str(tiny_model_dir), adapter="lora", tokens=["<|im_end|>"],
+                   special_tokens={"pad_token": "<|end_of_text|>"})
+    assert lora.gym_after_model_load(cfg, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok) is None
+    cfg = make_cfg(base_model=str(tiny_model_dir), adapter="lora", special_tokens={"eos_token": "<|end_of_text|>"})
+    tok.add_special_tokens({"eos_token": "<|end_of_text|>"})  # the same new token now ends every sample
+    with pytest.raises(ConfigError, match="lora_modules_to_save"):
+        lora.gym_after_model_load(cfg, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok)
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -280,6 +308,12 @@ def test_4bit_and_8bit_together_are_refused(write_config):
 def test_8bit_needs_an_adapter(write_config):
     (problem,) = problems_of(write_config, "load_in_8bit: true\n")
     assert problem.startswith("load_in_8bit") and "adapter: lora" in problem
+
+
+def test_quantizing_without_bitsandbytes_says_what_to_install(write_config, monkeypatch):
+    monkeypatch.setattr(quantization, "bitsandbytes_installed", lambda: False)
+    (problem,) = problems_of(write_config, "adapter: qlora\nload_in_4bit: true\n")
+    assert problem.startswith("load_in_4bit") and "pip install 'gym-llm[qlora]'" in problem
 
 
 def test_adapter_keys_without_adapter_are_refused(write_config):

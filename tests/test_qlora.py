@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gym.plugins import lora, quantization
-from test_lora import fixed_batch, make_cfg, train_steps
+from test_lora import fixed_batch, make_cfg, single_cpu_thread, train_steps  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,10 @@ def test_4bit_config_is_nf4_with_double_quantization_and_follows_precision():
 
     bf16 = quantization.gym_model_load_kwargs(make_cfg(adapter="qlora", load_in_4bit=True, bf16=True))
     assert bf16["quantization_config"].bnb_4bit_compute_dtype == torch.bfloat16
-    fp16 = quantization.gym_model_load_kwargs(make_cfg(adapter="qlora", load_in_4bit=True, bf16=False, fp16=True))
-    assert fp16["quantization_config"].bnb_4bit_compute_dtype == torch.float16
+    auto_on_cpu = quantization.gym_model_load_kwargs(make_cfg(adapter="qlora", load_in_4bit=True, bf16="auto"))
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    expected = torch.bfloat16 if gpu_bf16 else torch.float32
+    assert auto_on_cpu["quantization_config"].bnb_4bit_compute_dtype == expected
 
     chosen = make_cfg(adapter="qlora", load_in_4bit=True, bf16=True,
                       bnb_config_kwargs={"bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False,
