@@ -75,6 +75,7 @@ def machine_info() -> dict[str, str]:
         "nproc": str(os.cpu_count()),
         "usable cores": str(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else "?",
         "memory": _memory_total(),
+        "load average at start (1/5/15 min)": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "os": platform.platform(),
         "python": platform.python_version(),
         "torch": _version("torch"),
@@ -204,3 +205,34 @@ def require(paths: Iterable[str]) -> None:
     missing = [p for p in paths if not (REPO / p).exists()]
     if missing:
         sys.exit(f"this benchmark needs {', '.join(missing)} (not in {REPO} yet)")
+
+
+# --------------------------------------------------------------------------------------- tokenizer
+
+
+def quickstart_base_model() -> str:
+    """The ``base_model`` of examples/quickstart.yml (its tokenizer is "the quickstart tokenizer")."""
+    path = REPO / "examples" / "quickstart.yml"
+    if path.exists():
+        import yaml
+
+        value = (yaml.safe_load(path.read_text()) or {}).get("base_model")
+        if value:
+            return str(value)
+    return "builtin:tiny-llama"
+
+
+def quickstart_tokenizer():
+    """(tokenizer, where it came from): the quickstart's built-in tokenizer, else ``gym.tiny.build_tokenizer()``."""
+    base = quickstart_base_model()
+    try:
+        from gym.builtin import is_builtin, materialize_model
+    except ImportError:
+        is_builtin = None
+    if is_builtin is not None and is_builtin(base):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(materialize_model(base)), f"{base} (examples/quickstart.yml)"
+    from gym.tiny import build_tokenizer
+
+    return build_tokenizer(), "gym.tiny.build_tokenizer()"

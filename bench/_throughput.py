@@ -72,11 +72,13 @@ def _make_callback_class():
                 self._sync()
                 self.running = True
                 self.start = time.perf_counter()
+                self.cpu_start = time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.running:
                 self._sync()
                 self.stop = time.perf_counter()
+                self.cpu_stop = time.process_time()
                 self.steps += 1
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -97,8 +99,12 @@ def _make_callback_class():
                 raise RuntimeError(
                     f"no step was timed: the run ended before step {self.warmup_steps + 1} (raise --steps)"
                 )
+            import torch
+
             seconds = self.stop - self.start
             return {
+                "cpu_s_per_step": (self.cpu_stop - self.cpu_start) / self.steps,
+                "torch_threads": torch.get_num_threads(),
                 "seconds": seconds,
                 "steps": self.steps,
                 "tokens": self.tokens,

@@ -33,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import REPO, emit_result, print_machine, print_table, run_child  # noqa: E402
+from _common import emit_result, print_machine, print_table, run_child  # noqa: E402
 
 # Peak dense bf16 tensor-core FLOPS (no sparsity), from NVIDIA's data sheets; matched on the device name.
 PEAK_BF16_TFLOPS = [
@@ -95,10 +95,10 @@ def flash_available() -> bool:
 def prepare(work: Path, opts, size: dict) -> dict:
     import torch
     from datagen import alpaca_rows
-    from gym.tiny import build_tokenizer
+    from _common import quickstart_tokenizer
     from transformers import LlamaForCausalLM
 
-    tokenizer = build_tokenizer()
+    tokenizer, tokenizer_source = quickstart_tokenizer()
     config = llama_config(size, max(4096, opts.sequence_len))
     config.pad_token_id, config.eos_token_id, config.bos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id, None
     torch.manual_seed(0)
@@ -115,7 +115,7 @@ def prepare(work: Path, opts, size: dict) -> dict:
             if len(lengths) < 2000:
                 text = alpaca_prompt(row) + row["output"] + tokenizer.eos_token
                 lengths.append(min(len(tokenizer(text)["input_ids"]), opts.sequence_len))
-    return {"mean_len": statistics.mean(lengths)}
+    return {"mean_len": statistics.mean(lengths), "tokenizer": tokenizer_source}
 
 
 # -------------------------------------------------------------------------------------------- child
@@ -246,7 +246,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         facts = prepare(work, opts, size)
-        print(f"setup (model saved, {opts.rows:,} rows generated): {time.perf_counter() - started:.0f} s")
+        print(f"setup (model saved, {opts.rows:,} rows generated; tokenizer {facts['tokenizer']}): "
+              f"{time.perf_counter() - started:.0f} s")
         print()
         passthrough = [a for a in ("--smoke",) if opts.smoke]
         passthrough += [f"--sequence-len={opts.sequence_len}", f"--micro-batch-size={opts.micro_batch_size}",

@@ -31,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import REPO, dir_size_mib, emit_result, fresh_dir, peak_rss_mib, print_machine, print_table, run_child  # noqa: E402,E501
+from _common import dir_size_mib, quickstart_base_model, emit_result, fresh_dir, peak_rss_mib, print_machine, print_table, run_child  # noqa: E402,E501
 from _memory import MemorySampler, current_anon_mib, current_file_mib  # noqa: E402
 
 DEFAULT_CASES = "alpaca:10000,alpaca:100000,chat:10000"
@@ -49,18 +49,6 @@ COLD_TARGET, WARM_TARGET_S = 1.5, 1.0
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def quickstart_base_model() -> str:
-    """The quickstart's ``base_model`` (its tokenizer is "the quickstart tokenizer")."""
-    path = REPO / "examples" / "quickstart.yml"
-    if path.exists():
-        import yaml
-
-        value = (yaml.safe_load(path.read_text()) or {}).get("base_model")
-        if value:
-            return str(value)
-    return "builtin:tiny-llama"
 
 
 def load_quickstart_tokenizer(cfg):
@@ -275,6 +263,8 @@ def main() -> None:
                                 warm["peak_heap_mib"], warm["peak_mapped_mib"]])
             print(f"done: {label}", file=sys.stderr)
         print("Times in seconds; rows/s and tokens/s over the call measured; memory in MiB.")
+        print()
+        print(f"tokenizer: {floor['tokenizer']}")
         print()
         print_table(["data", "measurement", "seconds", "rows", "rows/s", "tokens/s", "vs floor",
                      "peak RSS", "peak heap"], table)

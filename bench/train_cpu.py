@@ -57,10 +57,11 @@ def alpaca_prompt(row: dict) -> str:
 def prepare(work: Path, opts) -> tuple[Path, Path, dict]:
     """Save the model and tokenizer, write the rows that fit ``sequence_len``; return their paths and facts."""
     from datagen import alpaca_rows
-    from gym.tiny import build_model, build_tokenizer
+    from _common import quickstart_tokenizer
+    from gym.tiny import build_model
 
     model_dir = work / "model"
-    tokenizer = build_tokenizer()
+    tokenizer, tokenizer_source = quickstart_tokenizer()
     model = build_model(
         tokenizer, hidden_size=opts.hidden, layers=opts.layers, heads=opts.heads, kv_heads=opts.kv_heads,
         intermediate_size=opts.intermediate, max_positions=max(2048, opts.sequence_len),
@@ -85,7 +86,7 @@ def prepare(work: Path, opts) -> tuple[Path, Path, dict]:
             f.write(json.dumps(row) + "\n")
     facts = {
         "params": params, "rows": len(rows), "skipped_long": skipped,
-        "mean_len": statistics.mean(lengths), "max_len": max(lengths),
+        "mean_len": statistics.mean(lengths), "max_len": max(lengths), "tokenizer": tokenizer_source,
     }
     return model_dir, data, facts
 
@@ -200,7 +201,7 @@ def child_trl(work: str, packed: bool, opts) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default=",".join(ALL_RUNS), help=f"comma-separated, of {', '.join(ALL_RUNS)}")
-    parser.add_argument("--repeat", type=int, default=1, help="repeats of the whole set; medians are reported")
+    parser.add_argument("--repeat", type=int, default=2, help="repeats of the whole set (default 2); medians reported")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     parser.add_argument("--rows", type=int, default=2000, help="alpaca rows generated (default 2000)")
@@ -213,13 +214,15 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--intermediate", type=int, default=688)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per run (default 1: on a shared machine, 2 threads spin-wait for a "
+                             "busy core and steps get up to 10x slower at random; 0 = torch's own choice)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true")
     opts, rest = parser.parse_known_args()
 
-    if opts.threads:
+    if opts.threads > 0:
         import torch
 
         torch.set_num_threads(opts.threads)
@@ -242,10 +245,12 @@ def main() -> None:
         print_machine("CPU training throughput")
         print(f"model: Llama-style, {facts['params'] / 1e6:.2f} M parameters (hidden {opts.hidden}, {opts.layers} "
               f"layers, {opts.heads} heads, {opts.kv_heads} kv heads, MLP {opts.intermediate}), fp32, sdpa; "
+              f"tokenizer {facts['tokenizer']}; "
               f"data: {facts['rows']:,} alpaca rows, mean {facts['mean_len']:.0f} / max {facts['max_len']} tokens "
               f"({facts['skipped_long']} longer than sequence_len left out); sequence_len {opts.sequence_len}; "
               f"micro_batch_size {opts.pad_batch} (padding) / {opts.pack_batch} (packing); "
-              f"{opts.warmup} warm-up + {opts.steps} timed steps; {opts.repeat} repeat(s), medians")
+              f"{opts.warmup} warm-up + {opts.steps} timed steps; torch threads "
+              f"{opts.threads or 'torch default'}; {opts.repeat} repeat(s), medians")
         print()
         results: dict[str, list[dict]] = {r: [] for r in runs}
         for i in range(opts.repeat):
@@ -261,13 +266,14 @@ def main() -> None:
 
         table = []
         for run in runs:
+            cpu = med(run, "cpu_s_per_step")
             losses = [r["losses"][-1] for r in results[run] if r["losses"]]
             table.append([
-                run, med(run, "s_per_step"), med(run, "tokens") / opts.steps, f"{med(run, 'padding'):.1%}",
+                run, med(run, "s_per_step"), cpu, med(run, "tokens") / opts.steps, f"{med(run, 'padding'):.1%}",
                 med(run, "tokens_per_s"), med(run, "slots_per_s"), med(run, "loss_tokens_per_s"),
                 statistics.median(losses) if losses else None,
             ])
-        print_table(["run", "s/step", "tokens/step", "padding", "tokens/s", "slots/s", "loss tokens/s",
+        print_table(["run", "s/step", "CPU s/step", "tokens/step", "padding", "tokens/s", "slots/s", "loss tokens/s",
                      "loss"], table)
         comparisons = []
         for mode in ("pad", "pack"):

@@ -146,13 +146,17 @@ def materialize_model(path: str) -> Path:
 
 @dataclass(frozen=True)
 class AdditionTask:
-    """``a + b`` with operands of up to ``digits`` digits. One pair in ten is held out for evaluation."""
+    """``a + b`` with operands of exactly ``digits`` digits. One pair in ten is held out for evaluation."""
 
     digits: int = 2
     rows: int = 20000
     seed: int = 0
 
-    VERSION = 1
+    VERSION = 2  # bump when the rows change
+
+    @property
+    def smallest(self) -> int:
+        return 10 ** (self.digits - 1) if self.digits > 1 else 0
 
     @property
     def largest(self) -> int:
@@ -165,7 +169,7 @@ class AdditionTask:
 
     def _pairs(self, rng: random.Random, held_out: bool) -> Iterator[tuple[int, int]]:
         while True:
-            a, b = rng.randint(0, self.largest), rng.randint(0, self.largest)
+            a, b = rng.randint(self.smallest, self.largest), rng.randint(self.smallest, self.largest)
             if self.held_out(a, b) == held_out:
                 yield a, b
 
@@ -220,8 +224,8 @@ def _options(path: str, allowed: dict[str, tuple[int, int]]) -> dict[str, int]:
 ADDITION_OPTIONS = {"digits": (1, 9), "rows": (1, 10_000_000), "seed": (0, 2**31 - 1)}
 
 BUILTIN_DATASETS: dict[str, str] = {
-    "addition": "addition problems 'What is 12 + 34?' -> '46' (options: digits=2, rows=20000, seed=0); "
-    "columns instruction/input/output, messages and text",
+    "addition": "addition problems 'What is 12 + 34?' -> '46', operands of `digits` digits (options: digits=2, "
+    "rows=20000, seed=0); columns instruction/input/output, messages and text",
 }
 
 

@@ -15,7 +15,6 @@ A callback may expose a ``gym_metrics`` dict; its items join the final metrics (
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import random
@@ -24,19 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gym import training_options
 from gym.errors import ConfigError, GymError
 
 IGNORE_INDEX = -100
 
-# Axolotl optimizer names that transformers knows under another name.
-OPTIMIZER_ALIASES = {
-    "adamw_hf": "adamw_torch",
-    "ao_adamw_8bit": "adamw_torch_8bit",
-    "ao_adamw_4bit": "adamw_torch_4bit",
-    "adam8bit": "adamw_bnb_8bit",
-}
-# Axolotl scheduler names that transformers knows under another name.
-SCHEDULER_ALIASES = {"cosine_with_min_lr": "cosine_with_min_lr", "constant_with_warmup": "constant_with_warmup"}
 
 
 def _say(message: str) -> None:
@@ -106,26 +97,18 @@ def plan_steps(cfg: Any, train_rows: int, world_size: int | None = None) -> Step
 # ------------------------------------------------------------------------------- training arguments
 
 
-def _choose(name: str, value: str, known: list[str], aliases: dict[str, str]) -> str:
-    value = aliases.get(value, value)
-    if value in known:
-        return value
-    close = difflib.get_close_matches(value, known, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"{name}: {value!r} is not available{hint} (available: {', '.join(sorted(known))})")
-
-
 def optimizer_name(cfg: Any) -> str:
-    from transformers.training_args import OptimizerNames
-
-    return _choose("optimizer", cfg.optimizer, [o.value for o in OptimizerNames], OPTIMIZER_ALIASES)
+    name, message = training_options.optimizer_name(cfg.optimizer)
+    if name is None:
+        raise ConfigError(f"optimizer: {message}")
+    return name
 
 
 def scheduler_settings(cfg: Any) -> tuple[str, dict[str, Any]]:
     """(transformers scheduler name, its kwargs); ``cosine_min_lr_ratio`` turns cosine into cosine_with_min_lr."""
-    from transformers.trainer_utils import SchedulerType
-
-    name = _choose("lr_scheduler", cfg.lr_scheduler, [s.value for s in SchedulerType], SCHEDULER_ALIASES)
+    name, message = training_options.scheduler_name(cfg.lr_scheduler)
+    if name is None:
+        raise ConfigError(f"lr_scheduler: {message}")
     kwargs = dict(cfg.lr_scheduler_kwargs or {})
     if cfg.cosine_min_lr_ratio is not None:
         if name not in ("cosine", "cosine_with_min_lr"):
@@ -133,6 +116,16 @@ def scheduler_settings(cfg: Any) -> tuple[str, dict[str, Any]]:
         name = "cosine_with_min_lr"
         kwargs["min_lr_rate"] = cfg.cosine_min_lr_ratio
     return name, kwargs
+
+
+def check_training_settings(cfg: Any) -> None:
+    """Raise one ConfigError listing every training-loop value gym cannot honour (before any work)."""
+    problems = training_options.training_problems(cfg)
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in the training settings",
+            problems=[f"{name}: {message}" for name, message in problems],
+        )
 
 
 def _interval(cfg: Any, what: str, per_epoch: int | None, steps: Any, strategy: str | None, plan: StepPlan,
@@ -200,11 +193,8 @@ def training_arguments(cfg: Any, plan: StepPlan, precision: Precision, has_eval:
         if getattr(cfg, key) is not None:
             args[key] = getattr(cfg, key)
     if cfg.gradient_checkpointing:
-        kwargs = dict(cfg.gradient_checkpointing_kwargs or {"use_reentrant": False})
-        if cfg.gradient_checkpointing in ("offload", "unsloth"):
-            kwargs["offload"] = True
         args["activation_checkpointing"] = True
-        args["activation_checkpointing_kwargs"] = kwargs
+        args["activation_checkpointing_kwargs"] = dict(cfg.gradient_checkpointing_kwargs or {"use_reentrant": False})
     if cfg.group_by_length:
         args["train_sampling_strategy"] = "group_by_length"
     if cfg.dataloader_num_workers is not None:
@@ -304,11 +294,17 @@ class TrainResult:
     eval_loss: float | None
     metrics: dict[str, Any] = field(default_factory=dict)
     resumed_from: str | None = None
+    start_step: int = 0
+    trainer: Any = field(default=None, repr=False)  # for callers (and tests) that inspect the run
 
     def summary(self) -> str:
         rate = self.tokens_trained / self.seconds if self.seconds else 0.0
+        if self.start_step:
+            steps = f"steps {self.start_step:,} to {self.steps:,} (resumed from {self.resumed_from})"
+        else:
+            steps = f"{self.steps:,} steps"
         lines = [
-            f"trained {self.steps:,} steps ({self.epochs:.2f} epochs) in {self.seconds:.1f}s: "
+            f"trained {steps}, {self.epochs:.2f} epochs, in {self.seconds:.1f}s: "
             f"{self.tokens_trained:,} tokens trained ({rate:,.0f} tokens/s)"
         ]
         if self.first_loss is not None and self.final_loss is not None:
@@ -354,6 +350,15 @@ def resume_checkpoint(cfg: Any) -> str | None:
     return None
 
 
+def _checkpoint_step(checkpoint: str | None) -> int:
+    if not checkpoint:
+        return 0
+    import json
+
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return int(state.get("global_step", 0))
+
+
 def _show_samples(dataset: Any, tokenizer: Any, count: int = 3) -> None:
     """``debug: true``: a few prepared rows, each token with its label (-100: not trained)."""
     for i in range(min(count, len(dataset))):
@@ -378,13 +383,15 @@ def train(cfg: Any, manager: Any = None) -> TrainResult:
     from gym.plugin_manager import get_plugin_manager
 
     manager = manager or get_plugin_manager()
+    check_training_settings(cfg)
     started = time.perf_counter()
     transformers.set_seed(cfg.seed)
     random.seed(cfg.seed)
     precision = resolve_precision(cfg)
+    resume = resume_checkpoint(cfg)
 
     tokenizer = load_tokenizer(cfg)
-    prepared = prepare_datasets(cfg, tokenizer)
+    prepared = prepare_datasets(cfg, tokenizer, manager)
     _say(prepared.summary())
     if len(prepared.train) == 0:
         raise GymError("no training rows are left after preparing the data; see the counts above")
@@ -427,7 +434,7 @@ def train(cfg: Any, manager: Any = None) -> TrainResult:
         trainer_kwargs.setdefault("eval_data_collator", eval_collator)
     train_set = prepared.train
     if cfg.group_by_length and "length" not in train_set.column_names:
-        train_set = train_set.add_column("length", [len(ids) for ids in train_set["input_ids"]])
+        train_set = train_set.add_column("length", _row_lengths(train_set))
     trainer = choice.trainer_class(
         model=model,
         args=args,
@@ -439,7 +446,6 @@ def train(cfg: Any, manager: Any = None) -> TrainResult:
         **trainer_kwargs,
     )
 
-    resume = resume_checkpoint(cfg)
     _say(
         f"training {choice.name}: {plan.total_steps:,} steps ({plan.steps_per_epoch:,} per epoch, "
         f"{plan.rows:,} rows, micro batch {cfg.micro_batch_size} x {cfg.gradient_accumulation_steps} accumulation), "
@@ -498,11 +504,20 @@ def train(cfg: Any, manager: Any = None) -> TrainResult:
         eval_loss=eval_loss,
         metrics=metrics,
         resumed_from=resume,
+        start_step=_checkpoint_step(resume),
+        trainer=trainer,
     )
     if trainer.is_world_process_zero():
         _say(result.summary() + f"\n(whole run {time.perf_counter() - started:.1f}s)")
-    result.trainer = trainer  # type: ignore[attr-defined]  # for tests and callers that inspect it
     return result
+
+
+def _row_lengths(dataset: Any) -> list[int]:
+    """Tokens per row, read from the arrow column (for group_by_length)."""
+    import pyarrow.compute as pc
+
+    column = dataset.with_format("arrow")[:]["input_ids"]
+    return pc.list_value_length(column).to_pylist()
 
 
 def _accepts(cls: type, name: str) -> bool:

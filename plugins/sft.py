@@ -24,3 +24,12 @@ def gym_data_collator(cfg, tokenizer, training):
     from gym.data.collator import GymCollator
 
     return GymCollator.for_config(cfg, tokenizer, training)
+
+
+@hookimpl
+def gym_validate_config(cfg):
+    """Training-loop values gym cannot honour (optimizer and scheduler names, save / eval settings)."""
+    from gym.config import ConfigProblem
+    from gym.training_options import training_problems
+
+    return [ConfigProblem(name, message) for name, message in training_problems(cfg)]
