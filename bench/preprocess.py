@@ -163,6 +163,9 @@ def child_gym(config: str) -> None:
         Path(profile_to).write_text(out.getvalue())
     rows, tokens = column_token_count(prepared.train)
     eval_rows, eval_tokens = column_token_count(getattr(prepared, "eval", None))
+    report = getattr(prepared, "report", None)
+    if report is not None and getattr(report, "packed", False):  # packed: count the samples, not the rows
+        rows, eval_rows = report.train_samples, report.eval_samples
     print(prepared.summary())
     emit_result({
         "seconds": seconds, "rows": rows + eval_rows, "tokens": tokens + eval_tokens, "tokenizer": source,

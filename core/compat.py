@@ -84,12 +84,10 @@ _FEATURES: dict[str, tuple[str, ...]] = {
     ),
     "Ray": ("use_ray", "ray_num_workers", "ray_run_name"),
     "activation offloading": ("activation_offloading",),
-    "loss watchdog": ("loss_watchdog_threshold", "loss_watchdog_patience"),
     "sample generation during evaluation": (
         "eval_max_new_tokens", "eval_causal_lm_metrics", "do_causal_lm_eval", "do_bench_eval", "bench_dataset",
     ),
     "mistral-common tokenizers": ("tokenizer_use_mistral_common",),
-    "end-of-turn tokens": ("eot_tokens",),
     "diffusion language models": ("diffusion",),
     "weight re-initialisation": ("reinit_weights",),
     "torchdistx": ("torchdistx_path",),

@@ -86,11 +86,46 @@ def gym_dataset_strategies():
     ]
 
 
+class ChatTemplateConfig(BaseModel):
+    """Top-level keys of the chat_template strategy."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    eot_tokens: list[str] | None = Field(
+        None,
+        description="Tokens that end a turn (e.g. ['<|im_end|>']). The token right after a trained turn is trained "
+        "(as train_on_eos says) only when it is one of these; unset: any special token there counts.",
+    )
+
+
+@hookimpl
+def gym_config_schema():
+    return ChatTemplateConfig
+
+
 @hookimpl
 def gym_validate_config(cfg):
     from gym.data.options import foreign_option_problems
 
     return foreign_option_problems(cfg, (NAME, *ALIASES), ChatTemplateOptions)
+
+
+def end_of_turn_ids(tokenizer: Any, eot_tokens: list[str] | None) -> set[int] | None:
+    """Ids of ``eot_tokens``; each must be one token of the vocabulary."""
+    if not eot_tokens:
+        return None
+    from gym.errors import ConfigError
+
+    ids = set()
+    for token in eot_tokens:
+        encoded = tokenizer.encode(token, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ConfigError(
+                f"eot_tokens: {token!r} is not one token of this tokenizer (it encodes to {len(encoded)} tokens); "
+                "add it with `tokens:` or `special_tokens:`, or remove it"
+            )
+        ids.add(encoded[0])
+    return ids
 
 
 def build(tokenizer: Any, cfg: Any, dataset: Any) -> "ChatTemplateStrategy":
@@ -119,7 +154,7 @@ class ChatTemplateStrategy:
                 "(chatml, llama3, ...) at the top level or on the dataset"
             )
         self.renderer = ChatRenderer(template, tokenizer)
-        self.labeler = SpanLabeler(tokenizer)
+        self.labeler = SpanLabeler(tokenizer, end_of_turn_ids(tokenizer, cfg.eot_tokens))
         self.field_messages = dataset.field_messages or "messages"
         self.mappings = dict(dataset.message_property_mappings or {})
         self.explicit_mappings = bool(self.mappings)

@@ -219,3 +219,13 @@ def test_end_of_turn_after_a_space_is_trained(manager, tok):
     out = strategy.tokenize_batch({"messages": [CONVERSATION]})
     pieces = trained_pieces(tok, out["input_ids"][0], out["labels"][0])
     assert pieces == [" 4", tok.eos_token, " 6, of course", tok.eos_token]
+
+
+def test_eot_tokens_choose_which_token_ends_a_turn(manager, tok):
+    batch = {"messages": [CONVERSATION]}
+    named = strategy_for(manager, tok, {}, eot_tokens=["<|im_end|>"]).tokenize_batch(batch)
+    assert trained_pieces(tok, named["input_ids"][0], named["labels"][0]) == ["4<|im_end|>", "6, of course<|im_end|>"]
+    other = strategy_for(manager, tok, {}, eot_tokens=["<|eot_id|>"]).tokenize_batch(batch)
+    assert trained_pieces(tok, other["input_ids"][0], other["labels"][0]) == ["4", "6, of course"]
+    with pytest.raises(ConfigError, match="eot_tokens: 'not one token'"):
+        strategy_for(manager, tok, {}, eot_tokens=["not one token"])

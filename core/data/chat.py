@@ -153,11 +153,13 @@ class ChatRenderer:
 class SpanLabeler:
     """Tokenizes rendered texts in one batch call and labels the tokens inside trained spans."""
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Any, end_of_turn_ids: set[int] | None = None):
+        """``end_of_turn_ids``: the tokens that may end a turn (``eot_tokens``); by default every special token."""
         self.tokenizer = tokenizer
-        special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-        self.special_ids = special
+        if end_of_turn_ids is None:
+            end_of_turn_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+            end_of_turn_ids |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+        self.special_ids = end_of_turn_ids
         self.use_offsets = bool(getattr(tokenizer, "is_fast", True))
 
     def encode(
