@@ -65,7 +65,9 @@ def resolve_precision(cfg: Any) -> Precision:
     if fp16 and not cuda:
         raise ConfigError("fp16: float16 mixed precision needs a GPU; on a CPU leave fp16 unset (fp32) or use bf16")
     if cfg.tf32 is True and not ampere:
-        raise ConfigError("tf32: TF32 needs an Ampere or newer NVIDIA GPU; remove it or write tf32: auto")
+        # TF32 only changes how Ampere+ GPUs multiply; elsewhere there is nothing to switch, and the run is the same.
+        _say("tf32: true has no effect here (no Ampere or newer NVIDIA GPU); matmuls stay in full fp32")
+        return Precision(bf16=bf16, fp16=fp16, tf32=None, cuda=cuda)
     tf32 = True if cfg.tf32 is True or (cfg.tf32 == "auto" and ampere) else (False if cfg.tf32 is False else None)
     return Precision(bf16=bf16, fp16=fp16, tf32=tf32, cuda=cuda)
 

@@ -1,7 +1,9 @@
 """Flash attention: ``flash_attention: true`` loads the model with ``attn_implementation=flash_attention_2``.
 
 Kept as a plugin (rather than only the core's ``attn_implementation`` key) because configs written for
-Axolotl use the boolean, and because it checks up front that the ``flash-attn`` package is importable.
+Axolotl use the boolean. It also checks, before the model is loaded, that the ``flash-attn`` package is
+importable whenever flash attention is asked for either way, so a machine without it gets a clear error
+instead of an ImportError from deep inside transformers.
 """
 
 from __future__ import annotations
@@ -41,13 +43,24 @@ def gym_validate_config(cfg):
     return None
 
 
+def _asked_by(cfg) -> str | None:
+    if cfg.flash_attention:
+        return "flash_attention: true"
+    if (cfg.attn_implementation or "").startswith("flash_attention"):
+        return f"attn_implementation: {cfg.attn_implementation}"
+    return None
+
+
+@hookimpl
+def gym_before_model_load(cfg):
+    asked = _asked_by(cfg)
+    if asked and importlib.util.find_spec("flash_attn") is None:
+        raise ModelError(
+            f"{asked} needs the flash-attn package, which is not installed (it builds only on machines with a "
+            "CUDA GPU); install it, or write attn_implementation: sdpa"
+        )
+
+
 @hookimpl
 def gym_model_load_kwargs(cfg):
-    if not cfg.flash_attention:
-        return None
-    if importlib.util.find_spec("flash_attn") is None:
-        raise ModelError(
-            "flash_attention: true needs the flash-attn package, which is not installed "
-            "(it builds only on machines with a CUDA GPU); remove the key or set attn_implementation: sdpa"
-        )
-    return {"attn_implementation": FLASH}
+    return {"attn_implementation": FLASH} if cfg.flash_attention else None

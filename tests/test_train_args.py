@@ -126,8 +126,8 @@ def test_precision_auto_is_fp32_without_tf32_on_a_cpu(write_config):
     assert precision.describe() == "fp32 on CPU"
     with pytest.raises(ConfigError, match="fp16: float16 mixed precision needs a GPU"):
         resolve_precision(load(write_config, "fp16: true\nbf16: false\n"))
-    with pytest.raises(ConfigError, match="tf32: TF32 needs an Ampere"):
-        resolve_precision(load(write_config, "tf32: true\n"))
+    # tf32 only exists on Ampere+ GPUs: asking for it elsewhere is said and changes nothing (GPU configs run here)
+    assert resolve_precision(load(write_config, "tf32: true\n")).tf32 is None
     assert resolve_precision(load(write_config, "bf16: true\n")).bf16 is True
 
 
