@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -45,9 +44,7 @@ def test_unchanged_config_hits_and_every_change_rebuilds(manager, tok, tmp_path)
     write_rows(data, 40)
     first = prepare_datasets(make_cfg(manager, data, cache, sample_packing=True, sequence_len=512), tok, manager=manager)
     assert first.report.cache == "miss" and first.report.cache_path
-    start = time.perf_counter()
     again = prepare_datasets(make_cfg(manager, data, cache, sample_packing=True, sequence_len=512), tok, manager=manager)
-    assert time.perf_counter() - start < 1.0
     assert again.report.cache_hit and again.report.cache_path == first.report.cache_path
     assert again.train["input_ids"] == first.train["input_ids"]
     assert again.train["position_ids"] == first.train["position_ids"]

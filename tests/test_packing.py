@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -42,13 +41,12 @@ def test_plan_edge_cases():
         plan_packing([0, 3], 10)
 
 
-def test_plan_is_fast_for_100k_samples():
+def test_plan_for_100k_samples_is_valid_and_tight():
+    """(Its speed is measured in bench/packing.py, not here.)"""
     lengths = np.random.default_rng(1).integers(16, 1024, size=100_000)
-    start = time.perf_counter()
     bins = plan_packing(lengths, 2048)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, elapsed
-    assert sum(len(b) for b in bins) == 100_000
+    assert sorted(i for b in bins for i in b) == list(range(100_000))
+    assert all(lengths[b].sum() <= 2048 for b in bins)
     assert packing_efficiency(lengths, bins, 2048) > 0.99
 
 

@@ -45,10 +45,6 @@ def _looks_local(path: str) -> bool:
     return data_format(Path(path), None) is not None
 
 
-def is_local(entry: Any) -> bool:
-    return Path(entry.path).expanduser().exists() or _looks_local(entry.path)
-
-
 def describe(entry: Any) -> str:
     extra = f" (split {entry.split})" if entry.split != "train" else ""
     return f"{entry.path}{extra}"
@@ -57,13 +53,22 @@ def describe(entry: Any) -> str:
 # ------------------------------------------------------------------------------------------ loading
 
 
+def resolve_path(entry: Any) -> Path:
+    """The local path of an entry; ``builtin:`` datasets are generated into gym's cache first."""
+    from gym.builtin import is_builtin, materialize_dataset
+
+    if is_builtin(entry.path):
+        return Path(materialize_dataset(entry.path))
+    return Path(entry.path).expanduser()
+
+
 def load_entry(entry: Any, num_proc: int | None = None, local_cache_dir: str | None = None):
     """The rows of one dataset entry, sharded as ``shards`` / ``shards_idx`` ask.
 
     Local files are converted to arrow under ``local_cache_dir`` (a scratch folder: gym keeps its own
     cache of the prepared rows); hub datasets use the usual Hugging Face cache, where offline copies live.
     """
-    path = Path(entry.path).expanduser()
+    path = resolve_path(entry)
     if path.exists():
         dataset = _load_local(entry, path, num_proc, local_cache_dir)
     elif _looks_local(entry.path):
@@ -225,7 +230,7 @@ def _hash_file(path: Path) -> str:
 
 def content_fingerprint(entry: Any) -> dict[str, Any]:
     """What identifies the data of an entry: the bytes of its local files, or the hub id and revision."""
-    path = Path(entry.path).expanduser()
+    path = resolve_path(entry)
     if path.is_file():
         return {"kind": "file", "size": path.stat().st_size, "hash": _hash_file(path)}
     if path.is_dir():
