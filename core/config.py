@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError, create_model
 
 from gym import compat
 from gym.errors import ConfigError
-from gym.schema import CoreConfig, DatasetConfig, Strict
+from gym.schema import CoreConfig, DatasetConfig
 
 GymConfig = BaseModel  # the composed model's instances; typed access is attribute access
 

@@ -62,3 +62,44 @@ def qa_plugin(tmp_path, monkeypatch):
     yield env
     sys.modules.pop("gym_plugin_qa", None)
     reset_plugin_manager()
+
+
+DATA_PLUGINS = "alpaca,chat_template,completion,input_output,pretrain,user_defined"
+
+
+@pytest.fixture(scope="module")
+def manager():
+    """A plugin manager with only the built-in dataset strategies (what data tests need)."""
+    from gym.plugin_manager import GymPluginManager
+
+    m = GymPluginManager()
+    m.load_entry_points(environ={"GYM_PLUGINS": DATA_PLUGINS})
+    return m
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The tiny byte-level BPE tokenizer (chatml special tokens and template)."""
+    from gym.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_run_inputs(tmp_path_factory):
+    """A tiny local model and a small alpaca jsonl whose 8 rows repeat (so a few steps lower the loss)."""
+    import json
+    import random
+
+    from gym.tiny import save_tiny_model
+
+    root = tmp_path_factory.mktemp("lora-run")
+    model = save_tiny_model(root / "tiny")
+    rng = random.Random(0)
+    rows = []
+    for _ in range(8):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        rows.append({"instruction": "Add the numbers.", "input": f"{a} + {b}", "output": f"{a} + {b} = {a + b}"})
+    data = root / "alpaca.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows * 4))
+    return model, data

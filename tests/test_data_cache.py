@@ -7,27 +7,8 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 from gym.data.prepare import prepare_datasets
-from gym.plugin_manager import GymPluginManager
-
-MINE = "alpaca,chat_template,completion,input_output,pretrain,user_defined"
-
-
-@pytest.fixture(scope="module")
-def manager():
-    m = GymPluginManager()
-    m.load_entry_points(environ={"GYM_PLUGINS": MINE})
-    return m
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from gym.tiny import build_tokenizer
-
-    return build_tokenizer()
-
 
 def write_rows(path, n, answer="{}"):
     rows = [{"instruction": f"Add {i} and {i}", "input": "", "output": answer.format(2 * i)} for i in range(n)]

@@ -10,23 +10,6 @@ from gym.data.prepare import prepare_datasets
 from gym.errors import ConfigError, DataError
 from gym.plugin_manager import GymPluginManager
 
-MINE = "alpaca,chat_template,completion,input_output,pretrain,user_defined"
-
-
-@pytest.fixture(scope="module")
-def manager():
-    m = GymPluginManager()
-    m.load_entry_points(environ={"GYM_PLUGINS": MINE})
-    return m
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from gym.tiny import build_tokenizer
-
-    return build_tokenizer()
-
-
 def make_cfg(manager, datasets, **top):
     return manager.schema().model.model_validate({"base_model": "tiny", "datasets": datasets, **top})
 
@@ -212,7 +195,7 @@ def test_third_party_strategy_errors_are_located(manager, tok, tmp_path):
             return [DatasetStrategy(name="upper", builder=lambda tokenizer, cfg, dataset: Upper())]
 
     local = GymPluginManager()
-    local.load_entry_points(environ={"GYM_PLUGINS": MINE})
+    local.load_entry_points(environ={"GYM_PLUGINS": "alpaca,chat_template,completion,input_output,pretrain,user_defined"})
     local.register(Plugin(), "upper-plugin")
     path = write_jsonl(tmp_path / "w.jsonl", [{"word": "hello there"}, {"word": 7}, {"word": "fine words"}])
     with pytest.raises(DataError, match=r"w.jsonl \(upper\), row 1: the strategy failed: AttributeError"):

@@ -10,17 +10,6 @@ from gym.errors import ConfigError, ModelError
 from gym.plugins import lora, quantization
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_cpu_thread():
-    """Tiny models run fastest on one thread; with several, a busy 2-core machine is many times slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_cfg(**keys):
     """A validated config with the given keys (base model and dataset are placeholders unless given)."""
     from gym.plugin_manager import get_plugin_manager

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
-import pytest
 
-from test_lora import single_cpu_thread  # noqa: F401  (autouse fixture)
 
 BASE_KEYS = """\
 base_model: {model}
@@ -25,23 +22,6 @@ save_strategy: "no"
 logging_steps: 1
 bf16: false
 """
-
-
-@pytest.fixture(scope="session")
-def tiny_run_inputs(tmp_path_factory):
-    """A tiny local model and a small alpaca jsonl whose 8 rows repeat (so a few steps lower the loss)."""
-    from gym.tiny import save_tiny_model
-
-    root = tmp_path_factory.mktemp("lora-run")
-    model = save_tiny_model(root / "tiny")
-    rng = random.Random(0)
-    rows = []
-    for _ in range(8):
-        a, b = rng.randint(0, 99), rng.randint(0, 99)
-        rows.append({"instruction": "Add the numbers.", "input": f"{a} + {b}", "output": f"{a} + {b} = {a + b}"})
-    data = root / "alpaca.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows * 4))
-    return model, data
 
 
 def run_config(tmp_path, inputs, extra: str, name: str = "config.yml", overrides=()):

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from test_lora import single_cpu_thread  # noqa: F401  (autouse fixture)
-from test_lora_train import logits, run_config, sample_ids, tiny_run_inputs  # noqa: F401  (fixture)
+from test_lora_train import logits, run_config, sample_ids
 
 
 def adapter_model(base_dir, adapter_dir, tokenizer):

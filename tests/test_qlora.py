@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gym.plugins import lora, quantization
-from test_lora import fixed_batch, make_cfg, single_cpu_thread, train_steps  # noqa: F401  (fixture)
+from test_lora import fixed_batch, make_cfg, train_steps
 
 
 @pytest.fixture(scope="module")

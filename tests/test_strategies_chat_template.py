@@ -7,17 +7,6 @@ import pytest
 from gym.chat_templates import BUILTIN_CHAT_TEMPLATES, CHAT_TEMPLATE_NAMES, resolve_chat_template
 from gym.datasets_api import RowError
 from gym.errors import ConfigError, DataError
-from gym.plugin_manager import GymPluginManager
-
-MINE = "alpaca,chat_template,completion,input_output,pretrain,user_defined"
-
-
-@pytest.fixture(scope="module")
-def manager():
-    m = GymPluginManager()
-    m.load_entry_points(environ={"GYM_PLUGINS": MINE})
-    return m
-
 
 @pytest.fixture(scope="module")
 def tok():

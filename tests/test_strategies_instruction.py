@@ -6,24 +6,6 @@ import pytest
 
 from gym.datasets_api import RowError
 from gym.errors import ConfigError
-from gym.plugin_manager import GymPluginManager
-
-MINE = "alpaca,chat_template,completion,input_output,pretrain,user_defined"
-
-
-@pytest.fixture(scope="module")
-def manager():
-    m = GymPluginManager()
-    m.load_entry_points(environ={"GYM_PLUGINS": MINE})
-    return m
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from gym.tiny import build_tokenizer
-
-    return build_tokenizer()
-
 
 def strategy_for(manager, tok, dataset: dict, **top):
     cfg = manager.schema().model.model_validate({"base_model": "tiny", "datasets": [dataset], **top})
