@@ -21,7 +21,6 @@ RENAMED: dict[str, str] = {
     "batch_size": "write `micro_batch_size` (per device) and `gradient_accumulation_steps`",
     "noisy_embedding_alpha": "write `neftune_noise_alpha`",
     "dpo_beta": "write `rl_beta`",
-    "fsdp_version": "FSDP is not supported by gym yet; remove the fsdp keys",
     "context_parapllel_size": "misspelled: `context_parallel_size` (not supported by gym yet either)",
 }
 
