@@ -113,6 +113,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0)
     if len(sys.argv) != 4 or sys.argv[1] not in GENERATORS:
         sys.exit("usage: python bench/datagen.py {alpaca,chat} ROWS OUT.jsonl")
     print(write_jsonl(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])))

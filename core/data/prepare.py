@@ -339,34 +339,64 @@ def _flat(dataset: Any, column: str) -> tuple[np.ndarray, np.ndarray]:
     return offsets - offsets[0], values
 
 
+COUNT_BATCH = 4_000  # rows read at a time when counting and packing, so memory does not grow with the data
+PACK_CHUNK_TOKENS = 2_000_000  # tokens packed at a time
+
+
 def _token_counts(dataset: Any) -> tuple[int, int]:
     """(tokens, trained tokens); a sample's first label never counts, as nothing predicts it."""
-    if len(dataset) == 0:
-        return 0, 0
-    offsets, labels = _flat(dataset, "labels")
-    trained = labels != IGNORE_INDEX
-    starts = offsets[:-1][offsets[1:] > offsets[:-1]]
-    trained[starts] = False
-    return int(len(labels)), int(trained.sum())
+    tokens = trained = 0
+    for start in range(0, len(dataset), COUNT_BATCH):
+        offsets, labels = _flat(dataset.select(range(start, min(start + COUNT_BATCH, len(dataset)))), "labels")
+        is_trained = labels != IGNORE_INDEX
+        is_trained[offsets[:-1][offsets[1:] > offsets[:-1]]] = False
+        tokens += len(labels)
+        trained += int(is_trained.sum())
+    return tokens, trained
+
+
+def _lengths(dataset: Any) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    parts = [
+        pc.list_value_length(batch.column("input_ids")).to_numpy(zero_copy_only=False)
+        for batch in dataset.select_columns(["input_ids"]).with_format("arrow").iter(batch_size=COUNT_BATCH)
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
 
 def _packed_dataset(dataset: Any, capacity: int) -> tuple[Any, float]:
+    """Pack by the plan, a chunk of rows at a time: only the packed int32 columns are kept, no int64 copies."""
     import datasets
     import pyarrow as pa
 
     from gym.data.packing import pack_columns, packing_efficiency, plan_packing
 
-    offsets, ids = _flat(dataset, "input_ids")
-    label_offsets, labels = _flat(dataset, "labels")
-    lengths = np.diff(offsets)
+    lengths = _lengths(dataset)
     bins = plan_packing(lengths, capacity)
-    packed = pack_columns(offsets, ids.astype(np.int32), labels.astype(np.int32), bins)
-    arrays = {}
-    for name in PACKED_COLUMNS:
-        row_offsets, values = packed[name]
-        arrays[name] = pa.ListArray.from_arrays(pa.array(row_offsets.astype(np.int32)), pa.array(values.astype(np.int32)))
+    columns = dataset.select_columns(list(COLUMNS))
+    rows_per_chunk = max(1, PACK_CHUNK_TOKENS // capacity)
+    tables = []
+    for start in range(0, len(bins), rows_per_chunk):
+        chunk = bins[start : start + rows_per_chunk]
+        part = columns.select([i for b in chunk for i in b])
+        offsets, ids = _flat(part, "input_ids")
+        _, labels = _flat(part, "labels")
+        local, k = [], 0
+        for b in chunk:  # the chunk's samples are numbered 0.. in the order they were selected
+            local.append(range(k, k + len(b)))
+            k += len(b)
+        packed = pack_columns(offsets, ids.astype(np.int32), labels.astype(np.int32), local)
+        arrays = [
+            pa.ListArray.from_arrays(pa.array(packed[n][0].astype(np.int32)), pa.array(packed[n][1].astype(np.int32)))
+            for n in PACKED_COLUMNS
+        ]
+        tables.append(pa.Table.from_arrays(arrays, names=list(PACKED_COLUMNS)))
     features = datasets.Features({name: datasets.List(datasets.Value("int32")) for name in PACKED_COLUMNS})
-    table = pa.Table.from_arrays([arrays[n] for n in PACKED_COLUMNS], names=list(PACKED_COLUMNS))
+    if not tables:
+        empty = [pa.array([], type=pa.list_(pa.int32())) for _ in PACKED_COLUMNS]
+        tables.append(pa.Table.from_arrays(empty, names=list(PACKED_COLUMNS)))
+    table = pa.concat_tables(tables)
     result = datasets.Dataset(datasets.table.InMemoryTable(table), info=datasets.DatasetInfo(features=features))
     return result, packing_efficiency(lengths, bins, capacity)
 
