@@ -20,13 +20,13 @@ def samples_dataset(n=300, seed=0):
     return datasets.Dataset.from_dict({"input_ids": ids, "labels": labels})
 
 
-def test_chunked_packing_and_counting_equal_one_pass(monkeypatch):
+def test_chunked_packing_and_counting_equal_one_pass(monkeypatch, tmp_path):
     data = samples_dataset()
-    whole, whole_eff = prepare._packed_dataset(data, 128)
+    whole, whole_eff = prepare._packed_dataset(data, 128, tmp_path / "whole.arrow")
     whole_counts = prepare._token_counts(data)
     monkeypatch.setattr(prepare, "PACK_CHUNK_TOKENS", 300)  # two packed rows per chunk
     monkeypatch.setattr(prepare, "COUNT_BATCH", 7)
-    chunked, chunked_eff = prepare._packed_dataset(data, 128)
+    chunked, chunked_eff = prepare._packed_dataset(data, 128, tmp_path / "chunked.arrow")
     assert prepare._token_counts(data) == whole_counts
     assert chunked_eff == whole_eff
     assert len(chunked) == len(whole) > 10

@@ -365,10 +365,14 @@ def _lengths(dataset: Any) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
 
-def _packed_dataset(dataset: Any, capacity: int) -> tuple[Any, float]:
-    """Pack by the plan, a chunk of rows at a time: only the packed int32 columns are kept, no int64 copies."""
+def _packed_dataset(dataset: Any, capacity: int, path: Path) -> tuple[Any, float]:
+    """Pack by the plan a chunk of rows at a time into an Arrow file at ``path``, read back memory-mapped.
+
+    Only one chunk's packed rows are ever in memory, so memory does not grow with the dataset.
+    """
     import datasets
     import pyarrow as pa
+    from datasets.arrow_writer import ArrowWriter
 
     from gym.data.packing import pack_columns, packing_efficiency, plan_packing
 
@@ -376,29 +380,25 @@ def _packed_dataset(dataset: Any, capacity: int) -> tuple[Any, float]:
     bins = plan_packing(lengths, capacity)
     columns = dataset.select_columns(list(COLUMNS))
     rows_per_chunk = max(1, PACK_CHUNK_TOKENS // capacity)
-    tables = []
-    for start in range(0, len(bins), rows_per_chunk):
-        chunk = bins[start : start + rows_per_chunk]
-        part = columns.select([i for b in chunk for i in b])
-        offsets, ids = _flat(part, "input_ids")
-        _, labels = _flat(part, "labels")
-        local, k = [], 0
-        for b in chunk:  # the chunk's samples are numbered 0.. in the order they were selected
-            local.append(range(k, k + len(b)))
-            k += len(b)
-        packed = pack_columns(offsets, ids.astype(np.int32), labels.astype(np.int32), local)
-        arrays = [
-            pa.ListArray.from_arrays(pa.array(packed[n][0].astype(np.int32)), pa.array(packed[n][1].astype(np.int32)))
-            for n in PACKED_COLUMNS
-        ]
-        tables.append(pa.Table.from_arrays(arrays, names=list(PACKED_COLUMNS)))
     features = datasets.Features({name: datasets.List(datasets.Value("int32")) for name in PACKED_COLUMNS})
-    if not tables:
-        empty = [pa.array([], type=pa.list_(pa.int32())) for _ in PACKED_COLUMNS]
-        tables.append(pa.Table.from_arrays(empty, names=list(PACKED_COLUMNS)))
-    table = pa.concat_tables(tables)
-    result = datasets.Dataset(datasets.table.InMemoryTable(table), info=datasets.DatasetInfo(features=features))
-    return result, packing_efficiency(lengths, bins, capacity)
+    with ArrowWriter(features=features, path=str(path)) as writer:
+        for start in range(0, len(bins), rows_per_chunk):
+            chunk = bins[start : start + rows_per_chunk]
+            part = columns.select([i for b in chunk for i in b])
+            offsets, ids = _flat(part, "input_ids")
+            _, labels = _flat(part, "labels")
+            local, k = [], 0
+            for b in chunk:  # the chunk's samples are numbered 0.. in the order they were selected
+                local.append(range(k, k + len(b)))
+                k += len(b)
+            packed = pack_columns(offsets, ids.astype(np.int32), labels.astype(np.int32), local)
+            arrays = [
+                pa.ListArray.from_arrays(pa.array(packed[n][0].astype(np.int32)), pa.array(packed[n][1].astype(np.int32)))
+                for n in PACKED_COLUMNS
+            ]
+            writer.write_table(pa.Table.from_arrays(arrays, names=list(PACKED_COLUMNS)))
+        writer.finalize()
+    return datasets.Dataset.from_file(str(path)), packing_efficiency(lengths, bins, capacity)
 
 
 # ------------------------------------------------------------------------------------------ the flow
@@ -538,7 +538,7 @@ def _build(cfg: Any, tokenizer: Any, manager: Any, out: Path) -> DataReport:
         report.train_samples = len(train)
         report.train_tokens, report.train_trained_tokens = _token_counts(train)
         if cfg.sample_packing:
-            train, report.packing_efficiency = _packed_dataset(train, cfg.sequence_len)
+            train, report.packing_efficiency = _packed_dataset(train, cfg.sequence_len, work / "train-packed.arrow")
         else:
             train = train.select_columns(list(COLUMNS))
         report.train_rows = len(train)
@@ -547,7 +547,7 @@ def _build(cfg: Any, tokenizer: Any, manager: Any, out: Path) -> DataReport:
             report.eval_samples = len(eval_set)
             report.eval_tokens, report.eval_trained_tokens = _token_counts(eval_set)
             if report.eval_packed:
-                eval_set, report.eval_packing_efficiency = _packed_dataset(eval_set, cfg.sequence_len)
+                eval_set, report.eval_packing_efficiency = _packed_dataset(eval_set, cfg.sequence_len, work / "eval-packed.arrow")
             else:
                 eval_set = eval_set.select_columns(list(COLUMNS))
             report.eval_rows = len(eval_set)
