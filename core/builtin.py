@@ -74,12 +74,13 @@ class BuiltinModel:
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "tiny-llama": BuiltinModel(
-        "Llama-style, 4 layers, hidden size 128, 0.7M parameters, random weights; byte-level BPE of 512 "
-        "tokens with digits split one by one and a chatml template. Learns small tasks in a minute on a CPU."
+        "Llama-style, 4 layers, hidden size 128, 8 heads, 0.7M parameters, random weights; byte-level BPE of "
+        "512 tokens with digits split one by one and a chatml template. Learns small tasks in a minute on a CPU.",
+        version=3, heads=8, kv_heads=4,
     ),
     "tiny-llama-micro": BuiltinModel(
         "Llama-style, 2 layers, hidden size 32, random weights; the same tokenizer. For tests.",
-        hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64,
+        version=2, hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64,
     ),
 }
 
@@ -94,13 +95,22 @@ def _builtin_name(path: str, kind: str, known: dict[str, Any]) -> str:
     return name
 
 
+# Words of chat roles and of the alpaca prompt, so that they become whole tokens as in a real tokenizer.
+_PROMPT_WORDS = (
+    "system\nuser\nassistant\n",
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n### Instruction:\n### Input:\n### Response:\n",
+)
+
+
 def build_builtin_tokenizer(spec: BuiltinModel):
-    """gym.tiny's byte-level BPE with each digit a token of its own (arithmetic is learnt far faster)."""
+    """gym.tiny's byte-level BPE, with the chat roles as whole tokens (as real chat tokenizers have them) and
+    each digit a token of its own (arithmetic is learnt far faster)."""
     from tokenizers import pre_tokenizers
 
-    from gym.tiny import build_tokenizer
+    from gym.tiny import build_tokenizer, builtin_corpus
 
-    tokenizer = build_tokenizer(spec.vocab_size)
+    tokenizer = build_tokenizer(spec.vocab_size, corpus=builtin_corpus() + list(_PROMPT_WORDS) * 300)
     tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )

@@ -133,6 +133,13 @@ def evaluate_task(cfg: Any, model: Any, tokenizer: Any, manager: Any = None) -> 
     return TaskScore(cfg.eval_task, len(rows), exact, digits, examples)
 
 
+def _say(line: str) -> None:
+    """Print a line without breaking a progress bar that is still on screen."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"[gym] {line}")
+
+
 def make_callback(cfg: Any):
     """A ``TrainerCallback`` that scores the model when training starts and when it ends."""
     from transformers import TrainerCallback
@@ -142,6 +149,7 @@ def make_callback(cfg: Any):
             self.before: TaskScore | None = None
             self.after: TaskScore | None = None
             self.gym_metrics: dict[str, Any] = {}
+            self.gym_summary: list[str] = []
 
         def _score(self, state, model, processing_class) -> TaskScore | None:
             if not state.is_world_process_zero or model is None or processing_class is None:
@@ -152,25 +160,30 @@ def make_callback(cfg: Any):
             self.before = self._score(state, model, processing_class)
             if self.before is not None:
                 when = "at the start" if state.global_step else "before training"
-                print(f"[gym] {cfg.eval_task} on {self.before.problems} held-out problems {when}: "
-                      f"{self.before.describe()}", flush=True)
+                _say(f"{cfg.eval_task} on {self.before.problems} held-out problems {when}: {self.before.describe()}")
 
         def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
             self.after = self._score(state, model, processing_class)
             if self.after is None:
                 return
-            print(f"[gym] {cfg.eval_task} on {self.after.problems} held-out problems after training: "
-                  f"{self.after.describe()}", flush=True)
+            _say(f"{cfg.eval_task} on {self.after.problems} held-out problems after training: {self.after.describe()}")
             for question, want, got in self.after.examples:
-                print(f"[gym]   {question} -> {got!r} (expected {want})", flush=True)
+                _say(f"  {question} -> {got!r} (expected {want})")
             name = cfg.eval_task
             self.gym_metrics = {f"{name}_exact_match": self.after.exact_match,
                                 f"{name}_digit_accuracy": self.after.digit_accuracy}
+            line = f"{name} on {self.after.problems} held-out problems: {self.after.describe()}"
             if self.before is not None:
                 self.gym_metrics = {
                     f"{name}_exact_match_before": self.before.exact_match,
                     f"{name}_digit_accuracy_before": self.before.digit_accuracy,
                     **self.gym_metrics,
                 }
+                line = (
+                    f"{name} on {self.after.problems} held-out problems: exact match "
+                    f"{100 * self.before.exact_match:.1f}% -> {100 * self.after.exact_match:.1f}%, digit accuracy "
+                    f"{100 * self.before.digit_accuracy:.1f}% -> {100 * self.after.digit_accuracy:.1f}%"
+                )
+            self.gym_summary = [line]
 
     return TaskEvalCallback()

@@ -10,7 +10,8 @@ The flow of :func:`train` and the hooks it calls (see :mod:`gym.hookspecs`)::
     gym_trainer_kwargs -> gym_callbacks -> build the trainer -> train
     save model, tokenizer, gym_config.yml, README.md -> gym_after_train -> print the summary
 
-A callback may expose a ``gym_metrics`` dict; its items join the final metrics (summary and model card).
+A callback may expose ``gym_metrics`` (a dict: joins the final metrics in the model card) and ``gym_summary``
+(a list of lines: printed with the summary at the end).
 """
 
 from __future__ import annotations
@@ -297,6 +298,7 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     resumed_from: str | None = None
     start_step: int = 0
+    notes: list[str] = field(default_factory=list)  # lines from callbacks' ``gym_summary``
     trainer: Any = field(default=None, repr=False)  # for callers (and tests) that inspect the run
 
     def summary(self) -> str:
@@ -314,15 +316,9 @@ class TrainResult:
                          f"(average over the run {self.train_loss:.4f})")
         if self.eval_loss is not None:
             lines.append(f"eval loss {self.eval_loss:.4f}")
-        extra = {k: v for k, v in self.metrics.items() if k not in _SUMMARY_KEYS}
-        for key, value in extra.items():
-            lines.append(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+        lines.extend(self.notes)
         lines.append(f"model, tokenizer, gym_config.yml and README.md written to {self.output_dir}")
         return "\n".join(lines)
-
-
-_SUMMARY_KEYS = {"train_steps", "train_epochs", "train_seconds", "tokens_trained", "first_loss", "final_loss",
-                 "train_loss", "eval_loss", "tokens_per_second"}
 
 
 def _losses(log_history: list[dict[str, Any]]) -> tuple[float | None, float | None, float | None]:
@@ -485,8 +481,10 @@ def train(cfg: Any, manager: Any = None) -> TrainResult:
         metrics["final_loss"] = final_loss
     if eval_loss is not None:
         metrics["eval_loss"] = eval_loss
+    notes: list[str] = []
     for callback in trainer.callback_handler.callbacks:
         metrics.update(getattr(callback, "gym_metrics", None) or {})
+        notes.extend(getattr(callback, "gym_summary", None) or ())
 
     if trainer.is_world_process_zero():
         outputs.write_config(cfg, output_dir)
@@ -507,6 +505,7 @@ def train(cfg: Any, manager: Any = None) -> TrainResult:
         metrics=metrics,
         resumed_from=resume,
         start_step=_checkpoint_step(resume),
+        notes=notes,
         trainer=trainer,
     )
     if trainer.is_world_process_zero():
