@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gym import hookimpl
+from gym.api import hookimpl
 
 
 def _make_callback_class():

@@ -158,7 +158,7 @@ def child(work: str, run: str, opts) -> None:
 
     from _throughput import register_with_gym, throughput_callback
     from gym.config import load_config
-    from gym.train import train
+    from gym.run import run as train
 
     from transformers import AutoTokenizer
 

@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     opts = parser.parse_args()
 
-    from gym.data.packing import packing_efficiency, plan_packing
+    from gym.plugins.sft.packing import packing_efficiency, plan_packing
 
     print_machine("Packing efficiency")
     print(f"{opts.samples:,} samples drawn per distribution (seed {opts.seed}); samples over sequence_len dropped")

@@ -9,7 +9,7 @@ process so that memory figures belong to one measurement:
 
 - ``floor``: the same texts (rendered with the Alpaca prompt or the chat template beforehand, not timed)
   through the tokenizer's batch call, 1000 texts a call, results dropped after counting;
-- ``gym cold``: ``gym.data.prepare.prepare_datasets(cfg, tokenizer)`` with an empty
+- ``gym cold``: ``gym.data.prepare.prepare_data(cfg, tokenizer)`` with an empty
   ``dataset_prepared_path`` and an empty datasets cache (``HF_DATASETS_CACHE``);
 - ``gym warm``: the same again, the cache left by the cold run in place.
 
@@ -135,7 +135,7 @@ def child_floor(kind: str, data: str) -> None:
 
 def child_gym(config: str) -> None:
     from gym.config import load_config
-    from gym.data.prepare import prepare_datasets
+    from gym.data.prepare import prepare_data
 
     cfg = load_config(config)
     tokenizer, source = load_quickstart_tokenizer(cfg)
@@ -152,7 +152,7 @@ def child_gym(config: str) -> None:
         start, cpu_start = time.perf_counter(), time.process_time()
         if profiler:
             profiler.enable()
-        prepared = prepare_datasets(cfg, tokenizer)
+        prepared = prepare_data(cfg, tokenizer)
         if profiler:
             profiler.disable()
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -169,7 +169,7 @@ def child_gym(config: str) -> None:
     eval_rows, eval_tokens = column_token_count(getattr(prepared, "eval", None))
     report = getattr(prepared, "report", None)
     if report is not None and getattr(report, "packed", False):  # packed: count the samples, not the rows
-        rows, eval_rows = report.train_samples, report.eval_samples
+        rows, eval_rows = report.train.samples, report.eval.samples
     print(prepared.summary())
     emit_result({
         "seconds": seconds, "cpu_seconds": cpu_seconds, "rows": rows + eval_rows, "tokens": tokens + eval_tokens,

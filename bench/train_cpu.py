@@ -147,7 +147,7 @@ def child_gym(work: str, packed: bool, opts) -> None:
     callback = throughput_callback(pad_id, opts.warmup)
     register_with_gym(callback)
     from gym.config import load_config
-    from gym.train import train
+    from gym.run import run as train
 
     train(load_config(path))
     emit_result(callback.result())

@@ -21,7 +21,40 @@ OVERRIDES = click.argument("overrides", nargs=-1)
 
 
 class GymGroup(click.Group):
-    """Prints a user's mistake as a short message, not a traceback, and exits non-zero."""
+    """The ``gym`` command: the core's commands plus those plugins add (``gym_register_commands``), loaded when
+    a command is looked up or listed. A user's mistake prints as a short message, not a traceback, and exits
+    non-zero."""
+
+    _commands_of: Any = None  # the plugin manager whose commands are added
+    _plugin_commands: tuple[str, ...] = ()
+
+    def _add_plugin_commands(self) -> None:
+        from gym.plugin_manager import get_plugin_manager
+
+        try:
+            manager = get_plugin_manager()
+            if manager is self._commands_of:
+                return
+            for name in self._plugin_commands:  # another manager (tests): its plugins' commands, not the last one's
+                self.commands.pop(name, None)
+            before = set(self.commands)
+            self._commands_of = manager
+            manager.hook.gym_register_commands(cli=_Registrar(self))
+            self._plugin_commands = tuple(set(self.commands) - before)
+        except GymError as exc:  # a broken plugin, before any command runs
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None:
+            self._add_plugin_commands()
+            found = super().get_command(ctx, cmd_name)
+        return found
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands()
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -31,6 +64,22 @@ class GymGroup(click.Group):
             ctx.exit(exc.exit_code)
 
 
+class _Registrar(click.Group):
+    """What ``gym_register_commands`` gets: adds to the ``gym`` group, refusing a name that is taken."""
+
+    def __init__(self, target: click.Group):
+        super().__init__(name=target.name)
+        self._target = target
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        from gym.errors import PluginError
+
+        name = name or cmd.name
+        if name in self._target.commands:
+            raise PluginError(f"gym_register_commands: the command {name!r} exists already; a plugin cannot replace it")
+        self._target.add_command(cmd, name)
+
+
 @click.group(cls=GymGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="gym")
 def main() -> None:
@@ -38,7 +87,7 @@ def main() -> None:
 
     \b
     Overrides are KEY=VALUE pairs applied over the file:
-      gym run cfg.yml lora_r=32 datasets.0.path=data.jsonl
+      gym run cfg.yml learning_rate=1e-4 datasets.0.path=data.jsonl
     """
 
 
@@ -48,7 +97,7 @@ def _load(config: str, overrides: tuple[str, ...], quiet: bool = False):
     notes: list[str] = []
     cfg = load_config(config, overrides, notes=notes)
     if notes and not quiet:
-        click.secho(f"note: {len(notes)} key(s) left empty and ignored:", fg="yellow", err=True)
+        click.secho(f"note: {len(notes)} key(s) that change nothing:", fg="yellow", err=True)
         for note in notes:
             click.secho(f"  - {note}", fg="yellow", err=True)
     return cfg
@@ -56,9 +105,14 @@ def _load(config: str, overrides: tuple[str, ...], quiet: bool = False):
 
 def _train(config: str, overrides: tuple[str, ...]) -> None:
     cfg = _load(config, overrides)
-    from gym.train import train
+    from gym.plugin_manager import get_plugin_manager
 
-    train(cfg)
+    status = get_plugin_manager().hook.gym_launch(cfg=cfg, argv=sys.argv[1:])
+    if status is not None:  # a plugin started the processes that train, and waited for them
+        sys.exit(status)
+    from gym.run import run
+
+    run(cfg)
 
 
 @main.command()
@@ -98,27 +152,12 @@ def validate(config: str, overrides: tuple[str, ...], as_json: bool) -> None:
 @CONFIG
 @OVERRIDES
 def preprocess(config: str, overrides: tuple[str, ...]) -> None:
-    """Tokenize (and pack) the datasets into `dataset_prepared_path` without training."""
+    """Prepare the datasets into `dataset_prepared_path` (tokenized, in the training method's rows) without training."""
     cfg = _load(config, overrides)
-    from gym.data.prepare import prepare_datasets
-    from gym.model import load_tokenizer
+    from gym.data.prepare import prepare_data
 
-    tokenizer = load_tokenizer(cfg)
-    prepared = prepare_datasets(cfg, tokenizer)
+    prepared = prepare_data(cfg)  # the tokenizer (and torch) load only when the cache must be built
     click.echo(prepared.summary())
-
-
-@main.command(name="merge-lora")
-@CONFIG
-@OVERRIDES
-@click.option("--lora-model-dir", default=None, help="Adapter folder (default: output_dir).")
-def merge_lora(config: str, overrides: tuple[str, ...], lora_model_dir: str | None) -> None:
-    """Merge a trained LoRA / QLoRA adapter into its base model, written to OUTPUT_DIR/merged."""
-    cfg = _load(config, overrides)
-    from gym.merge import merge_adapter
-
-    target = merge_adapter(cfg, lora_model_dir)
-    click.echo(f"merged model written to {target}")
 
 
 @main.group()
@@ -147,6 +186,18 @@ def plugins_list(as_json: bool) -> None:
         if info["dataset_types"]:
             click.echo(f"    dataset types: {', '.join(info['dataset_types'])}")
         click.echo(f"    hooks:         {', '.join(info['hooks']) or '-'}")
+
+
+@plugins.command(name="new")
+@click.argument("name")
+@click.option("--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Folder to write the package gym-plugin-NAME into.")
+def plugins_new(name: str, directory: str) -> None:
+    """Write a ready plugin package, gym-plugin-NAME, with a config key, a dataset type and tests."""
+    from gym.scaffold import new_plugin
+
+    target = new_plugin(name, directory)
+    click.echo(f"wrote {target}; try: cd {target} && python -m pytest -q")
 
 
 @main.group()

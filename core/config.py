@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Union
 
 import yaml
 from pydantic import BaseModel, ValidationError, create_model
@@ -20,8 +20,6 @@ from pydantic import BaseModel, ValidationError, create_model
 from gym import compat
 from gym.errors import ConfigError
 from gym.schema import CoreConfig, DatasetConfig
-
-GymConfig = BaseModel  # the composed model's instances; typed access is attribute access
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ class RawConfig:
 
 def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
-        raise ConfigError(f"override {item!r}: write KEY=VALUE, for example lora_r=32 or datasets.0.path=data.jsonl")
+        raise ConfigError(f"override {item!r}: write KEY=VALUE, for example learning_rate=1e-4 or datasets.0.path=data.jsonl")
     key, _, value = item.partition("=")
     key = key.strip().removeprefix("--")
     if not key:
@@ -183,6 +181,11 @@ def compose_schema(manager) -> ComposedSchema:
                 continue  # several strategies may share an option (chat_template variants)
             dataset_fields[key] = (info.annotation, info)
             dataset_key_owner[key] = strategy.name
+    inline = manager.inline_strategy()
+    if inline is not None:  # ``type:`` is a strategy name, or a mapping that strategy reads
+        dataset_fields["type"] = (Union[str, inline[0].inline], DatasetConfig.model_fields["type"])
+    else:
+        dataset_fields["type"] = (str, DatasetConfig.model_fields["type"])
     dataset_model = create_model("DatasetEntry", __base__=DatasetConfig, **dataset_fields)
 
     bases = (CoreConfig, *fragments)
@@ -326,8 +329,11 @@ def validate_config(raw: RawConfig, manager, notes: list[str] | None = None) -> 
 
 
 def core_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
-    """The core's own rules across fields."""
-    problems = []
+    """The core's own rules across fields: precision, warm-up, evaluation data, the training loop, chat
+    templates, dataset types (known, fitting the training method, options of their own type), plugins."""
+    from gym.training_options import training_problems
+
+    problems = [ConfigProblem(name, message) for name, message in training_problems(cfg)]
     if cfg.bf16 is True and cfg.fp16 is True:
         problems.append(ConfigProblem("fp16", "bf16 and fp16 are both true; choose one"))
     if cfg.warmup_ratio is not None and cfg.warmup_steps is not None:
@@ -352,22 +358,7 @@ def core_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
             )
         elif cfg.chat_template == "jinja" and not cfg.chat_template_jinja:
             problems.append(ConfigProblem("chat_template_jinja", "required when chat_template is 'jinja'"))
-    if cfg.max_steps is not None and cfg.max_steps == 0:
-        problems.append(ConfigProblem("max_steps", "must be positive (or unset to use num_epochs)"))
-    strategies = manager.dataset_strategies()
-    for list_key in ("datasets", "test_datasets"):
-        for i, entry in enumerate(getattr(cfg, list_key) or ()):
-            if isinstance(entry.type, str) and entry.type not in strategies:
-                base = entry.type.split(":")[0].split(".")[0]
-                hint = _suggest(entry.type, strategies) or (
-                    f"; did you mean {base!r}?" if base in strategies else ""
-                )
-                problems.append(
-                    ConfigProblem(
-                        f"{list_key}.{i}.type",
-                        f"unknown dataset type {entry.type!r}{hint} (available: {', '.join(sorted(strategies))})",
-                    )
-                )
+    problems.extend(dataset_problems(cfg, manager))
     for i, name in enumerate(cfg.plugins or ()):
         wanted = _plugin_name_of(name)
         if wanted not in manager.infos:
@@ -381,8 +372,81 @@ def core_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
     return problems
 
 
+def dataset_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
+    """Each dataset entry: a known type that serves the training method and gives the columns its rows need,
+    only the options of its own type, and a ``builtin:`` path that exists."""
+    from gym.builtin_data import builtin_problem
+
+    strategies = manager.dataset_strategies()
+    method = None
+    problems = []
+    for list_key in ("datasets", "test_datasets"):
+        for i, entry in enumerate(getattr(cfg, list_key) or ()):
+            where = f"{list_key}.{i}"
+            found = strategy_of(entry, manager)
+            if found is None:
+                base = entry.type.split(":")[0].split(".")[0]
+                hint = _suggest(entry.type, strategies) or (f"; did you mean {base!r}?" if base in strategies else "")
+                problems.append(
+                    ConfigProblem(
+                        f"{where}.type",
+                        f"unknown dataset type {entry.type!r}{hint} (available: {', '.join(sorted(strategies))})",
+                    )
+                )
+                continue
+            strategy, type_name = found
+            method = method or manager.training_method(cfg)
+            if strategy.methods is not None and method.name not in strategy.methods:
+                problems.append(
+                    ConfigProblem(
+                        f"{where}.type",
+                        f"dataset type {type_name!r} makes rows for {', '.join(strategy.methods)}, not for the "
+                        f"training method of this config ({method.name})",
+                    )
+                )
+            missing = [c for c in method.data_shape.columns if c not in strategy.columns]
+            if missing and (strategy.methods is None or method.name in strategy.methods):
+                problems.append(
+                    ConfigProblem(f"{where}.type", f"dataset type {type_name!r} gives no {', '.join(missing)} column")
+                )
+            allowed = set(DatasetConfig.model_fields) | set(strategy.options.model_fields if strategy.options else ())
+            kind = "user-defined format" if not isinstance(entry.type, str) else repr(type_name)
+            for key in sorted(entry.model_fields_set - allowed):
+                if getattr(entry, key, None) is not None:
+                    problems.append(ConfigProblem(f"{where}.{key}", f"not used by dataset type {kind}; remove it"))
+            message = builtin_problem(entry.path, manager)
+            if message:
+                problems.append(ConfigProblem(f"{where}.path", message))
+    return problems
+
+
+def strategy_of(entry: Any, manager) -> tuple[Any, str] | None:
+    """(strategy, type name) of a dataset entry, or ``None`` when its type is not registered."""
+    if not isinstance(entry.type, str):
+        inline = manager.inline_strategy()
+        return (inline[0], inline[0].name) if inline else None
+    found = manager.dataset_strategies().get(entry.type)
+    return (found[0], entry.type) if found else None
+
+
+NO_EFFECT = {
+    "strict": "gym always validates strictly",
+    "local_rank": "launchers set LOCAL_RANK in the environment; the config value is not used",
+    "remove_unused_columns": "the training method decides which columns its trainer reads",
+}
+
+
+def no_effect_notes(cfg: BaseModel) -> list[str]:
+    """Keys accepted for compatibility that change nothing: said, never silent."""
+    return [
+        f"{key}: accepted for compatibility, has no effect ({why})"
+        for key, why in NO_EFFECT.items()
+        if key in cfg.model_fields_set and getattr(cfg, key) not in (None, False)
+    ]
+
+
 def _plugin_name_of(name: str) -> str:
-    """``axolotl.integrations.liger.LigerPlugin`` -> ``liger``; a plain gym name stays as it is."""
+    """``axolotl.integrations.<name>.<Class>`` -> ``<name>``; a plain gym name stays as it is."""
     parts = name.split(".")
     if len(parts) >= 3 and parts[-1][:1].isupper():
         return parts[-2]
@@ -398,6 +462,8 @@ def load_config(
     manager = manager or get_plugin_manager()
     raw = read_config(path, overrides)
     cfg = validate_config(raw, manager, notes)
+    if notes is not None:
+        notes.extend(no_effect_notes(cfg))
     return cfg
 
 

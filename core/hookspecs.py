@@ -1,34 +1,34 @@
 """The hooks every gym plugin can implement.
 
 A plugin is a module (or any object) registered under the ``gym.plugins`` entry-point group whose
-functions are marked with :data:`gym.hookimpl`. Each hook below says *when* gym calls it, *with what*,
-and *how the results of several plugins combine*:
+functions are marked with :data:`gym.api.hookimpl`. Each hook below says *when* gym calls it, *with
+what*, and *how the results of several plugins combine*:
 
-- "all results" hooks return a value from every plugin that implements them; gym merges them as the
-  docstring says (``None`` results are ignored).
-- "first result" hooks stop at the first plugin that returns something other than ``None``. Plugins
-  registered later are asked first; a built-in default marks itself ``trylast=True`` so that a third
-  party's answer wins.
+- **all results**: every plugin that implements the hook is called; ``None`` results are ignored and the
+  rest are combined as the hook says (dicts merged, lists concatenated).
+- **first result**: plugins are asked one by one and the first answer that is not ``None`` wins. Plugins
+  registered later are asked first: gym registers its own plugins first and third-party plugins after
+  them (each group sorted by entry-point name), so a third party's answer wins over a built-in one
+  whatever the names. Built-in defaults are also marked ``trylast=True``.
 
-A plugin acts only when the configuration asks for its feature: every hook taking ``cfg`` should return
-``None`` (or do nothing) unless its own keys are set. Hook functions may declare only the arguments they
-use, in any order (pluggy passes them by name).
+Hooks are called through pluggy, so ``wrapper=True`` implementations work as pluggy documents. A plugin
+acts only when the configuration asks for its feature: a hook that gets ``cfg`` returns ``None`` (or does
+nothing) unless its own keys are set. Implementations may declare only the arguments they use, in any
+order (pluggy passes them by name).
 
-The hooks run in this order for ``gym run``::
+A run is a short sequence of phases; the hooks of each phase, in the order ``gym run`` calls them::
 
-    gym_config_schema          (composing the config model, also for validate / config schema)
-    gym_validate_config        (after pydantic validation)
-    gym_dataset_strategies     (collecting the ``datasets[].type`` registry)
-    gym_before_model_load      (monkeypatches, environment)
-    gym_model_load_kwargs      (kwargs for from_pretrained)
-    gym_after_model_load       (freezing, resizing, casting)
-    gym_wrap_model             (adapters)
-    gym_data_collator          (batching)
-    gym_trainer_class          (which trainer and arguments class)
-    gym_training_arguments     (extra TrainingArguments)
-    gym_trainer_kwargs         (extra trainer constructor arguments)
-    gym_callbacks              (trainer callbacks)
-    gym_after_train            (merge, export, push)
+    config    gym_config_schema, gym_dataset_strategies, gym_validate_config, gym_training_method
+    launch    gym_launch
+    data      gym_builtin_datasets, gym_data_settings        (strategies and the method's DataShape run here)
+    trainer   gym_training_arguments                          (before the model: ZeRO-3 needs them early)
+    model     gym_before_model_load, gym_model_load_kwargs, gym_after_model_load,
+              gym_wrap_model, gym_after_wrap_model
+    trainer   gym_data_collator, gym_callbacks                (then TrainingMethod.build_trainer)
+    train     (the trainer's own loop)
+    outputs   gym_model_card, gym_after_train
+
+``gym_register_commands`` runs when the ``gym`` command starts, before any of these.
 """
 
 from __future__ import annotations
@@ -38,11 +38,13 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:  # never imported at run time: commands that do not train must not import torch
+    import click
     from pydantic import BaseModel
 
-    from gym.config import GymConfig, ConfigProblem
-    from gym.datasets_api import DatasetStrategy
-    from gym.trainer_api import TrainerChoice
+    from gym.config import ConfigProblem
+    from gym.datasets_api import BuiltinDataset, DatasetStrategy
+    from gym.methods import TrainingMethod
+    from gym.schema import CoreConfig
 
 PROJECT_NAME = "gym"
 
@@ -57,24 +59,86 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def gym_config_schema() -> type[BaseModel] | None:
     """Contribute a Pydantic model whose fields become top-level config keys.
 
-    Called once, when gym composes the config model (for every command, including ``validate`` and
-    ``config schema``). The model's fields are flat keys (``lora_r``, not ``lora.r``); give each a
-    ``description`` and a default so that a config that does not use the feature needs none of them.
-    Use ``model_config = ConfigDict(extra="forbid")``. Field validators on the fragment run as part of
-    config validation.
+    When: once, while gym composes the config model, for every command (``validate`` and ``config schema``
+    included).
 
-    All results are collected. Two plugins contributing the same key is an error naming both.
+    Returns: a model class (subclass :class:`gym.api.StrictConfig`) whose fields are flat keys (``lora_r``,
+    not ``lora.r``), each with a ``description`` and a default, so a config that does not use the feature
+    needs none of them. Field validators run as part of config validation.
+
+    Combines: all results; two plugins contributing the same key is an error naming both.
     """
 
 
 @hookspec
-def gym_validate_config(cfg: GymConfig) -> list[ConfigProblem] | None:
+def gym_validate_config(cfg: CoreConfig) -> list[ConfigProblem] | None:
     """Check rules across fields after the whole config validated field by field.
 
-    Called once per ``validate`` / ``run`` / ``preprocess``, with the typed config. Return a list of
-    :class:`gym.config.ConfigProblem` (each naming the offending field) or ``None``. Do not raise.
+    When: once per ``validate`` / ``run`` / ``preprocess``, after the core's own rules passed.
 
-    All results are collected; every problem from every plugin is reported together.
+    Args:
+        cfg: the validated config (the core's keys and every plugin's keys, as attributes).
+
+    Returns: a list of :class:`gym.api.ConfigProblem`, each naming the field to fix, or ``None``. Do not
+    raise.
+
+    Combines: all results; every problem from every plugin is reported together, with its YAML line.
+    """
+
+
+@hookspec(firstresult=True)
+def gym_training_method(cfg: CoreConfig) -> TrainingMethod | None:
+    """Say which training method this config asks for, and how it builds its trainer.
+
+    When: at validation (the method's name decides which dataset types fit) and at the start of the data,
+    trainer and output phases. Keep it cheap: import nothing heavy here; name the trainer builder and the
+    arguments class as functions or ``"module:attribute"`` strings that are loaded when used.
+
+    Args:
+        cfg: the validated config.
+
+    Returns: a :class:`gym.api.TrainingMethod` when the config asks for this plugin's method (``rl: dpo``,
+    say), else ``None``.
+
+    Combines: first result; the built-in ``sft`` plugin answers last.
+    """
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+
+@hookspec
+def gym_register_commands(cli: click.Group) -> None:
+    """Add commands to the ``gym`` command line (``gym merge-lora``, ``gym chat``, ...).
+
+    When: once, when the ``gym`` command starts and needs its list of commands. Import nothing heavy at
+    module level or here: put torch and friends inside the command's body.
+
+    Args:
+        cli: the ``gym`` click group; call ``cli.command()`` / ``cli.add_command(...)`` on it.
+
+    Combines: all implementations are called. A command name that is already taken is an error naming the
+    plugin.
+    """
+
+
+@hookspec(firstresult=True)
+def gym_launch(cfg: CoreConfig, argv: list[str]) -> int | None:
+    """Decide how ``gym run`` starts its processes.
+
+    When: once, after the config validated and before anything heavy, in the process the user started.
+
+    Args:
+        cfg: the validated config.
+        argv: the arguments ``gym`` was started with (``["run", "cfg.yml", "lora_r=8"]``), so that a
+            launcher can start the same command in other processes.
+
+    Returns: ``None`` to train in this process (the default), or the exit status of the processes the
+    plugin started and waited for (say, ``torch.distributed.run`` over N workers); this process then trains
+    nothing. The started processes must be able to tell that they are workers (for example from
+    ``LOCAL_RANK``) and answer ``None`` there.
+
+    Combines: first result.
     """
 
 
@@ -85,23 +149,62 @@ def gym_validate_config(cfg: GymConfig) -> list[ConfigProblem] | None:
 def gym_dataset_strategies() -> list[DatasetStrategy] | None:
     """Register dataset strategies by the name users write in ``datasets[].type``.
 
-    Called once, when gym composes the config model (a strategy's ``options`` model adds the keys
-    it accepts in a dataset entry) and again when datasets are prepared. Return a list of
-    :class:`gym.datasets_api.DatasetStrategy`. The strategy's builder is imported lazily, so
-    registering one costs nothing for commands that do not tokenize.
+    When: once, while gym composes the config model (a strategy's ``options`` add the keys its dataset
+    entries accept), and again when data is prepared.
 
-    All results are collected. Two strategies with the same name is an error naming both plugins.
+    Returns: a list of :class:`gym.api.DatasetStrategy`. Each names its builder by import path (nothing
+    heavy is imported until data is prepared), the columns its rows carry, and the training methods it
+    serves.
+
+    Combines: all results; two strategies with the same name is an error naming both plugins.
+    """
+
+
+@hookspec
+def gym_builtin_datasets() -> list[BuiltinDataset] | None:
+    """Register generated datasets that configs name as ``path: builtin:<name>``.
+
+    When: when a ``builtin:`` dataset path is read, fingerprinted or checked.
+
+    Returns: a list of :class:`gym.api.BuiltinDataset` (a name, a description and the function that writes
+    the rows to a file).
+
+    Combines: all results; a name registered twice is an error.
+    """
+
+
+@hookspec
+def gym_data_settings(cfg: CoreConfig) -> dict[str, Any] | None:
+    """Name the config values that change what a prepared row looks like (part of the cache key).
+
+    When: whenever the prepared-data fingerprint is computed (``gym run``, ``gym preprocess``).
+
+    Args:
+        cfg: the validated config.
+
+    Returns: ``{key: value}`` for every value of this plugin's keys that changes prepared rows (a
+    strategy's ``eot_tokens``, a method's ``sequence_len`` or ``sample_packing``). Leaving one out means
+    two configs that differ in it share a cache entry: a stale cache.
+
+    Combines: all results, merged into one dict; two plugins giving one key different values is an error.
     """
 
 
 @hookspec(firstresult=True)
-def gym_data_collator(cfg: GymConfig, tokenizer: Any, training: bool) -> Any | None:
-    """Return the callable that turns a list of tokenized rows into a batch.
+def gym_data_collator(cfg: CoreConfig, tokenizer: Any, training: bool) -> Any | None:
+    """Replace the collator the training method's data shape would use.
 
-    Called while the trainer is built, once for training (``training=True``) and once for evaluation.
-    Rows hold ``input_ids`` and ``labels`` and, for packed rows, ``position_ids``.
+    When: while the trainer is built, once for training and once for evaluation.
 
-    First result wins; the built-in SFT plugin's padding / packing collator is the fallback.
+    Args:
+        cfg: the validated config.
+        tokenizer: the loaded tokenizer (or processor).
+        training: ``True`` for the training batches, ``False`` for evaluation.
+
+    Returns: a callable turning a list of prepared rows into a batch, or ``None`` to keep the method's own
+    (:meth:`gym.api.DataShape.collator`).
+
+    Combines: first result.
     """
 
 
@@ -109,87 +212,147 @@ def gym_data_collator(cfg: GymConfig, tokenizer: Any, training: bool) -> Any | N
 
 
 @hookspec
-def gym_before_model_load(cfg: GymConfig) -> None:
+def gym_before_model_load(cfg: CoreConfig) -> None:
     """Patch libraries before the model is built (kernel monkeypatches such as Liger's).
 
-    Called once, after the tokenizer is loaded and before ``from_pretrained``. Return nothing.
-    All implementations are called.
+    When: once per model built (training, merging, ...), after the tokenizer is loaded and before
+    ``from_pretrained``.
+
+    Args:
+        cfg: the validated config.
+
+    Combines: all implementations are called; results are ignored.
     """
 
 
 @hookspec
-def gym_model_load_kwargs(cfg: GymConfig) -> dict[str, Any] | None:
-    """Contribute keyword arguments for ``AutoModelForCausalLM.from_pretrained``.
+def gym_model_load_kwargs(cfg: CoreConfig) -> dict[str, Any] | None:
+    """Contribute keyword arguments for ``from_pretrained``.
 
-    Called once, just before the model is loaded. Typical keys: ``attn_implementation``,
+    When: once per model built, just before it is loaded. Typical keys: ``attn_implementation``,
     ``quantization_config``, ``dtype``, ``device_map``.
 
-    All results are collected and merged into gym's defaults; a plugin's value replaces the default,
-    and two plugins setting the same key to different values is an error naming both.
+    Args:
+        cfg: the validated config.
+
+    Combines: all results, merged over gym's defaults: a plugin's value replaces the default; two plugins
+    setting one key to different values is an error naming both; lists are concatenated.
     """
 
 
 @hookspec
-def gym_after_model_load(cfg: GymConfig, model: Any, tokenizer: Any) -> None:
+def gym_after_model_load(cfg: CoreConfig, model: Any, tokenizer: Any) -> None:
     """Change the loaded model in place: freeze layers (Spectrum), cast, prepare for k-bit training.
 
-    Called once, after the model is loaded (and its embeddings resized for new tokens) and before an
-    adapter wraps it. All implementations are called.
+    When: once per model built, after it is loaded (and its embeddings resized for new tokens) and before
+    an adapter wraps it.
+
+    Args:
+        cfg: the validated config.
+        model: the loaded ``transformers`` model.
+        tokenizer: the loaded tokenizer.
+
+    Combines: all implementations are called; results are ignored.
     """
 
 
 @hookspec(firstresult=True)
-def gym_wrap_model(cfg: GymConfig, model: Any) -> Any | None:
+def gym_wrap_model(cfg: CoreConfig, model: Any) -> Any | None:
     """Wrap the model with an adapter (LoRA, QLoRA, DoRA) and return the wrapped model.
 
-    Called once, after :func:`gym_after_model_load`. First result wins; ``None`` leaves the model
-    as it is (full fine-tuning).
+    When: once per model built for training, after :func:`gym_after_model_load`.
+
+    Args:
+        cfg: the validated config.
+        model: the loaded model.
+
+    Returns: the wrapped model, or ``None`` to leave the model as it is (full fine-tuning).
+
+    Combines: first result.
+    """
+
+
+@hookspec
+def gym_after_wrap_model(cfg: CoreConfig, model: Any) -> None:
+    """Patch the model as it will train: kernels that must see the adapter's modules, compilation.
+
+    When: once per model built for training, after :func:`gym_wrap_model` (whether or not anything
+    wrapped it).
+
+    Args:
+        cfg: the validated config.
+        model: the model the trainer will get (an adapter model when one wrapped it).
+
+    Combines: all implementations are called; results are ignored.
     """
 
 
 # -------------------------------------------------------------------------------------------- training
 
 
-@hookspec(firstresult=True)
-def gym_trainer_class(cfg: GymConfig) -> TrainerChoice | None:
-    """Choose the trainer class and its arguments class (SFT, DPO, KTO, ORPO, GRPO, ...).
+@hookspec
+def gym_training_arguments(cfg: CoreConfig) -> dict[str, Any] | None:
+    """Contribute keyword arguments for the arguments class the training method chose.
 
-    Called once, when the trainer is built. Return a :class:`gym.trainer_api.TrainerChoice`.
-    First result wins; the built-in SFT plugin answers last.
+    When: once, after the data is prepared and before the model is loaded, over the values gym mapped
+    from the core keys and the method's own. Typical keys: ``report_to``, ``deepspeed``, ``beta`` (DPO).
+
+    Args:
+        cfg: the validated config.
+
+    Combines: all results, merged over gym's values; two plugins setting one key to different values is an
+    error naming both; lists are concatenated (two trackers adding to ``report_to``).
     """
 
 
 @hookspec
-def gym_training_arguments(cfg: GymConfig) -> dict[str, Any] | None:
-    """Contribute keyword arguments for the arguments class that :func:`gym_trainer_class` chose.
-
-    Called once, after gym has mapped the core config keys to ``TrainingArguments`` keys. Typical
-    keys: ``report_to``, ``deepspeed``, ``beta`` (DPO). All results are merged over gym's values;
-    two plugins setting one key to different values is an error naming both.
-    """
-
-
-@hookspec
-def gym_trainer_kwargs(cfg: GymConfig, model: Any, tokenizer: Any) -> dict[str, Any] | None:
-    """Contribute keyword arguments for the trainer's constructor (a reference model, reward functions).
-
-    Called once, right before the trainer is constructed. All results are merged; conflicts are
-    errors naming both plugins.
-    """
-
-
-@hookspec
-def gym_callbacks(cfg: GymConfig) -> list[Any] | None:
+def gym_callbacks(cfg: CoreConfig) -> list[Any] | None:
     """Return ``transformers.TrainerCallback`` instances to add to the trainer.
 
-    Called once, when the trainer is built. All results are collected, in plugin order.
+    When: once, while the trainer is built. A callback may carry ``gym_metrics`` (a dict that joins the
+    run's final metrics and the model card) and ``gym_summary`` (lines printed with the summary at the end).
+
+    Args:
+        cfg: the validated config.
+
+    Combines: all results, concatenated in plugin order.
+    """
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+@hookspec
+def gym_model_card(cfg: CoreConfig, model: Any) -> dict[str, Any] | None:
+    """Contribute to the model card (``README.md`` in ``output_dir``).
+
+    When: once, on the main process, after the model was saved.
+
+    Args:
+        cfg: the validated config.
+        model: the trained model as it was saved (an adapter model for adapters).
+
+    Returns: a dict with any of ``library_name`` (str), ``tags`` (list), ``sections`` (list of markdown
+    texts, each starting with a ``##`` heading), ``usage`` (Python code that loads the saved model) and
+    ``packages`` (distributions whose versions the card lists).
+
+    Combines: all results, merged; lists are concatenated, two plugins giving one key different values
+    is an error.
     """
 
 
 @hookspec
-def gym_after_train(cfg: GymConfig, model: Any, tokenizer: Any, output_dir: str) -> None:
-    """Act on the trained model after it is saved to ``output_dir`` (merge an adapter, export, push).
+def gym_after_train(cfg: CoreConfig, model: Any, tokenizer: Any, output_dir: str) -> None:
+    """Act on the trained model after it is saved (merge an adapter, export, push).
 
-    Called once, on the main process, after training finished and the final model was written.
-    All implementations are called.
+    When: once, on the main process only, after training finished and the final model, tokenizer, config
+    and model card were written.
+
+    Args:
+        cfg: the validated config.
+        model: the trained model.
+        tokenizer: the tokenizer saved with it.
+        output_dir: where the model was saved.
+
+    Combines: all implementations are called; results are ignored.
     """

@@ -9,12 +9,12 @@ to point at a local folder instead.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from gym import builtin
 from gym.errors import ConfigError, ModelError
+from gym.hub import hub_offline, hub_reachable, looks_like_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +33,6 @@ DTYPES = {
 # --------------------------------------------------------------------------------------- where from
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or name in (".", "..")
-
-
 def resolve_source(name: str, key: str, revision: str | None = None) -> str:
     """A folder or hub id ``from_pretrained`` can read, for the value of config key ``key``.
 
@@ -50,16 +46,9 @@ def resolve_source(name: str, key: str, revision: str | None = None) -> str:
         if not path.is_dir():
             raise ModelError(f"{key}: {name} is a file; point it at the folder that holds config.json and the weights")
         return str(path)
-    if _looks_like_path(name):
+    if looks_like_local_path(name):
         raise ModelError(f"{key}: no such folder: {name} (looked at {path.resolve()})")
     return _hub_source(name, key, revision)
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return bool(constants.HF_HUB_OFFLINE) or any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags)
 
 
 def _cached_snapshot(repo_id: str, revision: str | None) -> str | None:
@@ -96,11 +85,9 @@ def _hub_source(name: str, key: str, revision: str | None = None) -> str:
         validate_repo_id(name)
     except HFValidationError:
         raise ModelError(f"{key}: {name!r} is neither an existing local folder nor a valid hub model id") from None
-    if _hub_offline():
+    if hub_offline():
         reachable, why = False, "the hub is offline (HF_HUB_OFFLINE is set)"
     else:
-        from gym.data.loading import hub_reachable
-
         reachable, why = hub_reachable(), "the hub cannot be reached"
     if reachable:
         return name
@@ -229,15 +216,23 @@ def model_load_kwargs(cfg: Any, config: Any, dtype: Any) -> dict[str, Any]:
         kwargs["revision"] = cfg.revision_of_model
     if cfg.device_map is not None:
         kwargs["device_map"] = cfg.device_map
+    if cfg.low_cpu_mem_usage is not None:
+        kwargs["low_cpu_mem_usage"] = cfg.low_cpu_mem_usage
     return kwargs
 
 
-def load_model(cfg: Any, tokenizer: Any, manager: Any = None, mixed_bf16: bool = False) -> Any:
+def load_model(cfg: Any, tokenizer: Any, manager: Any = None, mixed_bf16: bool | None = None) -> Any:
     """The model for ``cfg``, loaded with gym's and every plugin's ``from_pretrained`` arguments, its
-    embeddings resized to the tokenizer. Calls ``gym_model_load_kwargs``; the caller calls the other hooks."""
+    embeddings resized to the tokenizer. Calls ``gym_model_load_kwargs`` only; :func:`build_model` runs
+    the whole model phase."""
     from gym.plugin_manager import get_plugin_manager
 
     manager = manager or get_plugin_manager()
+    if mixed_bf16 is None:
+        from gym.training import resolve_precision
+
+        precision = resolve_precision(cfg, quiet=True)
+        mixed_bf16 = precision.bf16 and precision.cuda
     source = resolve_source(cfg.base_model, "base_model", cfg.revision_of_model)
     config = model_config(cfg, source)
     defaults = model_load_kwargs(cfg, config, weight_dtype(cfg, mixed_bf16))
@@ -246,6 +241,27 @@ def load_model(cfg: Any, tokenizer: Any, manager: Any = None, mixed_bf16: bool =
     model = _from_pretrained(cls.from_pretrained, source, "base_model", "model", **kwargs)
     fit_embeddings(model, tokenizer, cfg.resize_token_embeddings_to_32x)
     sync_special_token_ids(model, tokenizer)
+    return model
+
+
+def build_model(cfg: Any, tokenizer: Any, manager: Any = None, wrap: bool = True) -> Any:
+    """The model phase, for training, merging, chatting or evaluating alike.
+
+    Runs ``gym_before_model_load``, loads the model (``gym_model_load_kwargs``), runs
+    ``gym_after_model_load``, then, with ``wrap``, ``gym_wrap_model`` and ``gym_after_wrap_model``.
+    """
+    from gym.plugin_manager import get_plugin_manager
+
+    manager = manager or get_plugin_manager()
+    manager.hook.gym_before_model_load(cfg=cfg)
+    model = load_model(cfg, tokenizer, manager)
+    manager.hook.gym_after_model_load(cfg=cfg, model=model, tokenizer=tokenizer)
+    if not wrap:
+        return model
+    wrapped = manager.hook.gym_wrap_model(cfg=cfg, model=model)
+    if wrapped is not None:
+        model = wrapped
+    manager.hook.gym_after_wrap_model(cfg=cfg, model=model)
     return model
 
 
@@ -273,11 +289,3 @@ def sync_special_token_ids(model: Any, tokenizer: Any) -> None:
         generation = getattr(model, "generation_config", None)
         if generation is not None and getattr(generation, name, None) is None:
             setattr(generation, name, value)
-
-
-def is_peft_model(model: Any) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
-    return isinstance(model, PeftModel)

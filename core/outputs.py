@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from gym.builtin import is_builtin
 from gym.config import redacted
+from gym.hub import is_hub_id
 
 CONFIG_FILE = "gym_config.yml"
 CARD_FILE = "README.md"
@@ -27,12 +27,6 @@ def write_config(cfg: Any, output_dir: str | Path) -> Path:
     header = "# The resolved config of this run (defaults filled in, secrets redacted). Rerun: gym run gym_config.yml\n"
     path.write_text(header + yaml.safe_dump(redacted(cfg), sort_keys=False, allow_unicode=True))
     return path
-
-
-def _is_hub_id(name: str | None) -> bool:
-    if not name or is_builtin(name) or Path(name).expanduser().exists():
-        return False
-    return not name.startswith(("/", ".", "~")) and name.count("/") <= 1
 
 
 def _version(distribution: str) -> str | None:
@@ -50,31 +44,34 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def card_metadata(cfg: Any, adapter: bool, trainer_name: str) -> dict[str, Any]:
-    meta: dict[str, Any] = {"library_name": "peft" if adapter else "transformers"}
-    if _is_hub_id(cfg.base_model):
+def card_metadata(cfg: Any, method: str, card: dict[str, Any]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"library_name": card.get("library_name", "transformers")}
+    if is_hub_id(cfg.base_model):
         meta["base_model"] = cfg.base_model
-    tags = ["gym", trainer_name]
-    adapter_name = getattr(cfg, "adapter", None)
-    if adapter and adapter_name:
-        tags.append(str(adapter_name))
-    meta["tags"] = tags
-    hub_datasets = sorted({entry.path for entry in cfg.datasets if _is_hub_id(entry.path)})
+    meta["tags"] = ["gym", method, *[t for t in card.get("tags", ()) if t not in ("gym", method)]]
+    hub_datasets = sorted({entry.path for entry in cfg.datasets if is_hub_id(entry.path)})
     if hub_datasets:
         meta["datasets"] = hub_datasets
     meta["pipeline_tag"] = "text-generation"
     return meta
 
 
-def model_card(
-    cfg: Any, metrics: dict[str, Any], adapter: bool = False, trainer_name: str = "sft", data_summary: str | None = None
-) -> str:
-    """The text of README.md for the trained model."""
+DEFAULT_USAGE = """from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{output_dir}")
+tokenizer = AutoTokenizer.from_pretrained("{output_dir}")"""
+
+CORE_PACKAGES = ("gym-llm", "transformers", "torch", "datasets", "accelerate", "tokenizers")
+
+
+def model_card(cfg: Any, metrics: dict[str, Any], method: str, card: dict[str, Any] | None = None,
+               data_summary: str | None = None) -> str:
+    """The text of README.md for the trained model; ``card`` is what plugins gave ``gym_model_card``."""
+    card = card or {}
     name = Path(cfg.output_dir).name or "model"
-    meta = card_metadata(cfg, adapter, trainer_name)
+    meta = card_metadata(cfg, method, card)
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "", f"# {name}", ""]
-    what = "A LoRA-style adapter for" if adapter else "A fine-tuned version of"
-    lines.append(f"{what} `{cfg.base_model}`, trained with gym ({trainer_name}).")
+    lines.append(card.get("summary") or f"A fine-tuned version of `{cfg.base_model}`, trained with gym ({method}).")
     lines += ["", "## Training data", ""]
     for entry in cfg.datasets:
         kind = entry.type if isinstance(entry.type, str) else "user-defined format"
@@ -86,33 +83,22 @@ def model_card(
     lines += ["", "## Results", "", "| metric | value |", "| --- | --- |"]
     for key, value in metrics.items():
         lines.append(f"| {key} | {_format_value(value)} |")
-    lines += ["", "## Use", "", "```python"]
-    if adapter:
-        lines += [
-            "from peft import AutoPeftModelForCausalLM",
-            "from transformers import AutoTokenizer",
-            "",
-            f'model = AutoPeftModelForCausalLM.from_pretrained("{cfg.output_dir}")',
-        ]
-    else:
-        lines += [
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            "",
-            f'model = AutoModelForCausalLM.from_pretrained("{cfg.output_dir}")',
-        ]
-    lines += [f'tokenizer = AutoTokenizer.from_pretrained("{cfg.output_dir}")', "```"]
+    for section in card.get("sections", ()):
+        lines += ["", section.rstrip()]
+    usage = card.get("usage") or DEFAULT_USAGE
+    lines += ["", "## Use", "", "```python", usage.format(output_dir=cfg.output_dir).rstrip(), "```"]
     lines += ["", "## Training config", "", "```yaml", yaml.safe_dump(redacted(cfg), sort_keys=False).rstrip(), "```"]
     lines += ["", "## Framework versions", ""]
-    for distribution in ("gym-llm", "transformers", "torch", "datasets", "peft", "accelerate", "tokenizers"):
+    for distribution in (*CORE_PACKAGES, *[p for p in card.get("packages", ()) if p not in CORE_PACKAGES]):
         version = _version(distribution)
-        if version and (distribution != "peft" or adapter):
+        if version:
             lines.append(f"- {distribution} {version}")
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(cfg: Any, metrics: dict[str, Any], adapter: bool = False, trainer_name: str = "sft",
+def write_model_card(cfg: Any, metrics: dict[str, Any], method: str, card: dict[str, Any] | None = None,
                      data_summary: str | None = None) -> Path:
     path = Path(cfg.output_dir) / CARD_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(model_card(cfg, metrics, adapter, trainer_name, data_summary))
+    path.write_text(model_card(cfg, metrics, method, card, data_summary))
     return path

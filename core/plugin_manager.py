@@ -1,16 +1,24 @@
 """Finding, loading and calling plugins.
 
-Every plugin, built-in or third-party, is an entry point in the ``gym.plugins`` group whose value is
-an importable module (or object) with :data:`gym.hookimpl` functions. Two environment variables change
-which ones load:
+Every plugin, built-in or third-party, is an entry point in the ``gym.plugins`` group whose value is an
+importable module (or object) with :data:`gym.api.hookimpl` functions. gym's own plugins are registered
+first, sorted by entry-point name; third-party plugins come after, sorted by entry-point name too. pluggy asks the plugins registered last first, so for "first result" hooks a third party's
+answer wins over a built-in one whatever the names.
+
+Two environment variables change which plugins load:
 
 - ``GYM_DISABLE_PLUGIN_AUTOLOAD=1``: load only the plugins that ship with gym itself.
 - ``GYM_PLUGINS=name,name``: load only the plugins with these entry-point names.
+
+Hooks are called through pluggy. gym also records which plugin returned which result (each plain hook
+implementation is traced as it runs), so that conflicts and problems name their plugin.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Iterator
@@ -47,6 +55,31 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+class _Trace(threading.local):
+    """Per-thread record of ``(plugin name, result)`` for the hook call in progress."""
+
+    def __init__(self) -> None:
+        self.stack: list[list[tuple[str, Any]]] = []
+
+
+def combine(merged: dict[str, Any], key: str, value: Any) -> tuple[Any, bool]:
+    """(the combined value, whether it agrees): lists concatenate (without repeats), dicts merge, equal
+    values agree, anything else disagrees."""
+    if key not in merged:
+        return value, True
+    current = merged[key]
+    if isinstance(current, list) and isinstance(value, list):
+        return current + [v for v in value if v not in current], True
+    if isinstance(current, dict) and isinstance(value, dict):
+        both = dict(current)
+        for inner_key, inner in value.items():
+            both[inner_key], agrees = combine(both, inner_key, inner)
+            if not agrees:
+                return current, False
+        return both, True
+    return current, current == value
+
+
 class GymPluginManager:
     """pluggy's manager plus what gym needs: where each plugin came from, and attributed results."""
 
@@ -54,8 +87,10 @@ class GymPluginManager:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
+        self._trace = _Trace()
         self._schema = None
         self._strategies: dict[str, tuple[Any, str]] | None = None
+        self._builtin_datasets: dict[str, tuple[Any, str]] | None = None
 
     # ------------------------------------------------------------------------------------- loading
 
@@ -64,15 +99,19 @@ class GymPluginManager:
         return self.pm.hook
 
     def load_entry_points(self, environ: dict[str, str] | None = None) -> None:
-        """Load every plugin of the ``gym.plugins`` group, as the environment variables allow."""
+        """Load the plugins of the ``gym.plugins`` group (gym's own first, then third-party ones, each group by
+        name), as the environment variables allow."""
         env = os.environ if environ is None else environ
         only = {n.strip() for n in env.get(ENV_ONLY, "").split(",") if n.strip()}
         builtin_only = _truthy(env.get(ENV_DISABLE_AUTOLOAD))
-        for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
+        found = list(metadata.entry_points(group=GROUP))
+        own = sorted((ep for ep in found if _is_own(ep)), key=lambda e: e.name)
+        others = sorted((ep for ep in found if not _is_own(ep)), key=lambda e: e.name)
+        for ep in own + others:
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else "(unknown distribution)"
             version = dist.version if dist is not None else ""
-            builtin = _normal(dist_name) == _normal(OWN_DISTRIBUTION)
+            builtin = _is_own(ep)
             if only and ep.name not in only:
                 continue
             if builtin_only and not builtin:
@@ -97,7 +136,7 @@ class GymPluginManager:
             if missing:
                 raise PluginError(
                     f"{ENV_ONLY} names plugins that are not installed: {', '.join(sorted(missing))}"
-                    f" (installed: {', '.join(sorted(e.name for e in metadata.entry_points(group=GROUP)))})"
+                    f" (installed: {', '.join(sorted(e.name for e in found))})"
                 )
 
     def register(
@@ -119,19 +158,37 @@ class GymPluginManager:
             raise PluginError(
                 f"plugin {name!r} from distribution {distribution!r} is not a valid gym plugin: {exc}"
             ) from exc
-        hooks = sorted(
-            caller.name for caller in self.pm.get_hookcallers(plugin) or () if caller.name.startswith("gym_")
-        )
+        callers = [c for c in self.pm.get_hookcallers(plugin) or () if c.name.startswith("gym_")]
+        for caller in callers:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
+                    impl.function = self._traced(name, impl.function)
         self.infos[name] = PluginInfo(
             name=name,
             distribution=distribution,
             version=version,
             module=module or getattr(plugin, "__name__", type(plugin).__name__),
             builtin=builtin,
-            hooks=hooks,
+            hooks=sorted(c.name for c in callers),
         )
         self._schema = None
         self._strategies = None
+        self._builtin_datasets = None
+
+    def _traced(self, plugin_name: str, function: Any) -> Any:
+        """``function`` that also records its result for the hook call in progress (pluggy calls it with
+        positional arguments in the order of the original's parameters)."""
+        trace = self._trace
+
+        def traced(*args: Any) -> Any:
+            result = function(*args)
+            if trace.stack:
+                trace.stack[-1].append((plugin_name, result))
+            return result
+
+        traced.__wrapped__ = function  # type: ignore[attr-defined]
+        traced.__name__ = getattr(function, "__name__", "hook")
+        return traced
 
     def describe(self, name: str) -> str:
         info = self.infos.get(name)
@@ -142,30 +199,40 @@ class GymPluginManager:
 
     # ------------------------------------------------------------------------------------- calling
 
-    def call_each(self, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
-        """Call every implementation of a hook in pluggy's order, yielding ``(plugin name, result)``.
+    def call(self, hook_name: str, **kwargs: Any) -> Any:
+        """Call a hook through pluggy (what ``manager.hook.<name>(**kwargs)`` does)."""
+        return getattr(self.pm.hook, hook_name)(**kwargs)
 
-        Used where gym must say which plugin gave which result (conflicts, problems).
-        """
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
-            args = [kwargs[name] for name in impl.argnames]
-            yield impl.plugin_name, impl.function(*args)
+    def call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call a hook through pluggy; ``(plugin name, result)`` of every plain implementation that ran, in
+        call order (``None`` results included). Used where gym must say which plugin gave which result."""
+        self._trace.stack.append([])
+        try:
+            getattr(self.pm.hook, hook_name)(**kwargs)
+        finally:
+            record = self._trace.stack.pop()
+        return record
 
     def merged_dict(self, hook_name: str, base: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
-        """Merge the dicts every plugin returns over ``base``; two plugins disagreeing is an error."""
+        """Merge the dicts every plugin returns over ``base``: lists concatenate, dicts merge, and two
+        plugins giving one key different values is an error naming both."""
         merged = dict(base or {})
         setter: dict[str, str] = {}
         for plugin_name, result in self.call_each(hook_name, **kwargs):
             for key, value in (result or {}).items():
-                if key in setter and merged[key] != value:
+                combined, agrees = combine(merged, key, value) if key in setter else (value, True)
+                if not agrees:
                     raise PluginError(
                         f"{hook_name}: {self.describe(setter[key])} sets {key}={merged[key]!r} but "
                         f"{self.describe(plugin_name)} sets {key}={value!r}"
                     )
-                merged[key] = value
+                merged[key] = combined
                 setter[key] = plugin_name
         return merged
+
+    def collected(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        """Every item of every list the plugins return, in call order."""
+        return [item for result in self.call(hook_name, **kwargs) for item in (result or ())]
 
     # ---------------------------------------------------------------------------------- what they add
 
@@ -194,8 +261,43 @@ class GymPluginManager:
                             )
                         registry[name] = (strategy, plugin_name)
                     self.infos[plugin_name].dataset_types.append(strategy.name)
+            inline = [(s.name, p) for s, p in {id(s): (s, p) for s, p in registry.values()}.values() if s.inline]
+            if len(inline) > 1:
+                raise PluginError(
+                    "dataset types given as a mapping are claimed by several strategies: "
+                    + ", ".join(f"{name!r} of {self.describe(p)}" for name, p in inline)
+                )
             self._strategies = registry
         return self._strategies
+
+    def inline_strategy(self) -> tuple[Any, str] | None:
+        """The strategy that reads a ``type:`` given as a mapping, if one is registered."""
+        return next(((s, p) for s, p in self.dataset_strategies().values() if s.inline is not None), None)
+
+    def builtin_datasets(self) -> dict[str, tuple[Any, str]]:
+        """Every ``builtin:`` dataset by name: ``name -> (BuiltinDataset, plugin name)``."""
+        if self._builtin_datasets is None:
+            registry: dict[str, tuple[Any, str]] = {}
+            for plugin_name, found in self.call_each("gym_builtin_datasets"):
+                for dataset in found or ():
+                    if dataset.name in registry:
+                        raise PluginError(
+                            f"built-in dataset {dataset.name!r} is registered twice: by "
+                            f"{self.describe(registry[dataset.name][1])} and by {self.describe(plugin_name)}"
+                        )
+                    registry[dataset.name] = (dataset, plugin_name)
+            self._builtin_datasets = registry
+        return self._builtin_datasets
+
+    def training_method(self, cfg: Any) -> Any:
+        """The :class:`gym.methods.TrainingMethod` the config asks for."""
+        method = self.call("gym_training_method", cfg=cfg)
+        if method is None:
+            raise PluginError(
+                "no plugin offers a training method for this config (is the plugin that offers the default one disabled? "
+                f"loaded plugins: {', '.join(self.infos) or 'none'})"
+            )
+        return method
 
     def schema(self):
         """The composed config model (cached until another plugin registers)."""
@@ -207,7 +309,12 @@ class GymPluginManager:
         return self._schema
 
     def validate_config(self, cfg: Any) -> list[tuple[str, Any]]:
-        return list(self.call_each("gym_validate_config", cfg=cfg))
+        return self.call_each("gym_validate_config", cfg=cfg)
+
+
+def _is_own(ep: Any) -> bool:
+    dist = getattr(ep, "dist", None)
+    return dist is not None and _normal(dist.metadata["Name"]) == _normal(OWN_DISTRIBUTION)
 
 
 def _normal(name: str) -> str:
@@ -227,7 +334,24 @@ def get_plugin_manager() -> GymPluginManager:
     return _MANAGER
 
 
+def set_plugin_manager(manager: GymPluginManager | None) -> None:
+    """Make ``manager`` the process-wide one (``None``: load from entry points again on next use)."""
+    global _MANAGER
+    _MANAGER = manager
+
+
+@contextlib.contextmanager
+def using_plugin_manager(manager: GymPluginManager) -> Iterator[GymPluginManager]:
+    """Within the block, ``get_plugin_manager()`` returns ``manager`` (tests, :mod:`gym.testing`)."""
+    global _MANAGER
+    previous = _MANAGER
+    _MANAGER = manager
+    try:
+        yield manager
+    finally:
+        _MANAGER = previous
+
+
 def reset_plugin_manager() -> None:
     """Forget the process-wide manager (tests that change the environment use this)."""
-    global _MANAGER
-    _MANAGER = None
+    set_plugin_manager(None)

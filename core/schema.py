@@ -13,29 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 Auto = Literal["auto"]
 
 
-class Strict(BaseModel):
-    """Base of every config model: unknown keys are errors."""
+class StrictConfig(BaseModel):
+    """Base of every config model, the core's and each plugin's fragment: unknown keys are errors."""
 
     # defer_build: only the composed model is ever validated against, so building each part is wasted start-up.
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), defer_build=True)
 
 
-class UserDefinedFormat(Strict):
-    """A prompt format given inline instead of a strategy name (``type: {field_instruction: ..}``)."""
-
-    field_system: str | None = Field(None, description="Column holding the system prompt.")
-    field_instruction: str | None = Field(None, description="Column holding the instruction.")
-    field_input: str | None = Field(None, description="Column holding the optional input.")
-    field_output: str | None = Field(None, description="Column holding the response (trained on).")
-    format: str | None = Field(
-        None, description="Prompt with {instruction} and {input}, used when the row has an input."
-    )
-    no_input_format: str | None = Field(None, description="Prompt with {instruction}, used when the input is empty.")
-    system_format: str | None = Field("{system}", description="How the system prompt is written, with {system}.")
-    system_prompt: str | None = Field(None, description="System prompt used when a row has none.")
-
-
-class DatasetConfig(Strict):
+class DatasetConfig(StrictConfig):
     """One entry of ``datasets:`` / ``test_datasets:``.
 
     Strategy-specific keys (``field_messages`` ...) are added by the strategies that accept them when
@@ -43,8 +28,10 @@ class DatasetConfig(Strict):
     """
 
     path: str = Field(..., description="Local file or folder (json, jsonl, csv, parquet, arrow) or a hub dataset id.")
-    type: Union[str, UserDefinedFormat] = Field(
-        ..., description="Prompt strategy name (alpaca, chat_template, completion, ...) or an inline format."
+    type: Any = Field(
+        ...,
+        description="Dataset type: a strategy name (`gym plugins list` shows them), or a mapping read by the "
+        "strategy that takes inline formats.",
     )
     split: str = Field("train", description="Split to read.")
     data_files: Union[str, list[str], None] = Field(None, description="Files to read inside `path`.")
@@ -59,10 +46,10 @@ class DatasetConfig(Strict):
     trust_remote_code: bool = Field(False, description="Allow the dataset's own loading script.")
 
 
-Precision = Union[bool, Auto, None]
+PrecisionFlag = Union[bool, Auto, None]
 
 
-class CoreConfig(Strict):
+class CoreConfig(StrictConfig):
     """Keys the core understands. See docs/configuration.md (generated from this schema)."""
 
     # --- model and tokenizer ---------------------------------------------------------------------
@@ -93,7 +80,9 @@ class CoreConfig(Strict):
     model_config_overrides: dict[str, Any] | None = Field(
         None, description="Values that replace the model config's before loading (e.g. rope scaling)."
     )
-    low_cpu_mem_usage: bool | None = Field(None, description="Passed to from_pretrained.")
+    low_cpu_mem_usage: bool | None = Field(
+        None, description="Passed to from_pretrained: load the weights without a first random initialisation."
+    )
     device_map: Union[str, dict[str, Any], None] = Field(None, description="Passed to from_pretrained.")
 
     # --- data --------------------------------------------------------------------------------------
@@ -104,21 +93,19 @@ class CoreConfig(Strict):
     )
     shuffle_merged_datasets: bool = Field(True, description="Shuffle the mixed datasets with `seed`.")
     dataset_prepared_path: str | None = Field(
-        None, description="Folder for the tokenized (and packed) dataset cache; unset keeps no cache."
+        None, description="Folder for the prepared-data cache; unset keeps no cache."
     )
     dataset_processes: int | None = Field(None, ge=1, description="Worker processes for tokenizing.")
-    skip_prepare_dataset: bool = Field(False, description="Not supported for SFT; must be false.")
-    sequence_len: int = Field(2048, ge=8, description="Maximum tokens per sample (and per packed row).")
+    skip_prepare_dataset: bool = Field(False, description="Not supported: gym always prepares datasets; must be false.")
+    sequence_len: int = Field(2048, ge=8, description="Maximum tokens per sample (the training method may use it for its rows too).")
     excess_length_strategy: Literal["drop", "truncate"] = Field(
         "drop", description="What to do with samples longer than `sequence_len`; both are counted."
     )
-    min_sample_len: int | None = Field(None, ge=1, description="Drop samples shorter than this many tokens.")
     train_on_inputs: bool = Field(False, description="Also compute loss on prompts / user turns.")
-    sample_packing: bool = Field(False, description="Pack several samples into each row of `sequence_len` tokens.")
-    eval_sample_packing: bool | None = Field(None, description="Pack evaluation rows too (default: as training).")
-    pad_to_sequence_len: bool = Field(False, description="Pad every batch to `sequence_len`.")
-    group_by_length: bool = Field(False, description="Batch samples of similar length together.")
-    remove_unused_columns: bool | None = Field(None, description="Accepted for compatibility; gym keeps only model inputs.")
+    remove_unused_columns: bool | None = Field(
+        None, description="Accepted for compatibility and has no effect: the training method decides which columns "
+        "its trainer reads (a note says so)."
+    )
 
     # --- training loop ---------------------------------------------------------------------------
     output_dir: str = Field("./outputs/gym-run", description="Where checkpoints and the final model go.")
@@ -143,9 +130,9 @@ class CoreConfig(Strict):
     adam_beta2: float | None = Field(None, description="AdamW beta2.")
     adam_epsilon: float | None = Field(None, description="AdamW epsilon.")
     max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm.")
-    bf16: Precision = Field("auto", description="Train in bfloat16: true, false or auto (where the hardware has it).")
-    fp16: Precision = Field(None, description="Train in float16 (mixed precision): true, false or auto.")
-    tf32: Precision = Field(None, description="Allow TF32 matmuls on Ampere+ GPUs: true, false or auto.")
+    bf16: PrecisionFlag = Field("auto", description="Train in bfloat16: true, false or auto (where the hardware has it).")
+    fp16: PrecisionFlag = Field(None, description="Train in float16 (mixed precision): true, false or auto.")
+    tf32: PrecisionFlag = Field(None, description="Allow TF32 matmuls on Ampere+ GPUs: true, false or auto.")
     float16: bool | None = Field(None, description="Load the model weights in float16.")
     bfloat16: bool | None = Field(None, description="Load the model weights in bfloat16.")
     torch_dtype: str | None = Field(None, description="dtype for the loaded weights (float32, bfloat16, float16).")
@@ -176,10 +163,15 @@ class CoreConfig(Strict):
     dataloader_pin_memory: bool | None = Field(None, description="Pin data loader memory.")
     ddp_find_unused_parameters: bool | None = Field(None, description="Passed to DDP.")
     ddp_timeout: int | None = Field(None, description="Seconds before a distributed collective times out.")
-    local_rank: int | None = Field(None, description="Set by the launcher; leave unset.")
+    local_rank: int | None = Field(
+        None, description="Set by launchers as an environment variable, not in the config; has no effect here (a note "
+        "says so)."
+    )
     torch_compile: Union[bool, Auto, None] = Field(None, description="Compile the model with torch.compile.")
     use_cpu: bool = Field(False, description="Train on the CPU even when a GPU is present.")
-    strict: bool = Field(False, description="Accepted for compatibility; gym is always strict.")
+    strict: bool = Field(
+        False, description="Accepted for compatibility and has no effect: gym always validates strictly (a note says so)."
+    )
     debug: bool = Field(False, description="Print a few tokenized samples with their labels before training.")
     hub_model_id: str | None = Field(None, description="Push the final model to this hub repository.")
     hub_strategy: str | None = Field(None, description="When to push (end, every_save, checkpoint).")

@@ -12,9 +12,9 @@ import importlib.util
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gym import hookimpl
-from gym.config import ConfigProblem
-from gym.errors import ModelError
+from gym.api import hookimpl
+from gym.api import ConfigProblem
+from gym.api import ModelError
 
 FLASH = "flash_attention_2"
 

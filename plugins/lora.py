@@ -3,8 +3,8 @@
 With ``adapter: lora`` or ``adapter: qlora`` the loaded model is wrapped by ``peft.get_peft_model`` (or, with
 ``lora_model_dir``, by the saved adapter, trainable again); only the adapter's parameters and the modules named
 in ``lora_modules_to_save`` train. The trainer then saves only the adapter, in PEFT's own layout, so plain
-``peft.PeftModel.from_pretrained(base, output_dir)`` loads it. ``gym merge-lora`` (see :mod:`gym.merge`) folds it
-into the base model. With ``adapter`` unset every hook here returns ``None`` and changes nothing.
+``peft.PeftModel.from_pretrained(base, output_dir)`` loads it. The command ``gym merge-lora`` (added here) folds
+it into the base model. With ``adapter`` unset every hook here returns ``None`` and changes nothing.
 
 torch and peft are imported inside the hooks only.
 """
@@ -19,8 +19,7 @@ from typing import Any, Literal, Union
 
 from pydantic import Field, field_validator
 
-from gym import hookimpl
-from gym.schema import Strict
+from gym.api import ConfigError, ConfigProblem, ModelError, StrictConfig, hookimpl
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 _DEFAULTS = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
 
 
-class LoraSettings(Strict):
+class LoraSettings(StrictConfig):
     """Keys of the lora plugin."""
 
     adapter: Literal["lora", "qlora"] | None = Field(
@@ -111,8 +110,6 @@ def saved_adapter_config(folder: str | Path) -> dict[str, Any] | None:
 
 @hookimpl
 def gym_validate_config(cfg):
-    from gym.config import ConfigProblem
-
     problems = []
     adapter = cfg.adapter
     if adapter is None:
@@ -223,7 +220,7 @@ def tokens_added_by_config(cfg, tokenizer) -> list[str]:
         return []
     from transformers import AutoTokenizer
 
-    from gym.model import resolve_source
+    from gym.api import resolve_source
 
     key = "tokenizer_config" if cfg.tokenizer_config else "base_model"
     source = resolve_source(cfg.tokenizer_config or cfg.base_model, key)
@@ -247,8 +244,6 @@ def gym_after_model_load(cfg, model, tokenizer):
     needed = _embedding_module_names(model)
     if all(name in to_save for name in needed):
         return
-    from gym.errors import ConfigError
-
     shown = ", ".join(repr(t) for t in new_tokens[:8]) + (" ..." if len(new_tokens) > 8 else "")
     raise ConfigError(
         f"lora_modules_to_save: {len(new_tokens)} new token(s) were added to the vocabulary ({shown}); their "
@@ -263,8 +258,6 @@ def gym_wrap_model(cfg, model):
     if cfg.adapter is None:
         return None
     from peft import PeftModel, get_peft_model
-
-    from gym.errors import ConfigError, ModelError
 
     if cfg.lora_model_dir:
         _warn_about_ignored_settings(cfg)
@@ -320,7 +313,97 @@ def gym_after_train(cfg, output_dir):
     """With ``merge_lora: true``, also write the merged model to ``output_dir/merged``."""
     if cfg.adapter is None or not cfg.merge_lora:
         return
-    from gym.merge import merge_adapter
-
     target = merge_adapter(cfg, output_dir)
     logger.info("merged model written to %s", target)
+
+
+@hookimpl
+def gym_model_card(cfg):
+    if cfg.adapter is None:
+        return None
+    return {
+        "library_name": "peft",
+        "tags": [cfg.adapter],
+        "summary": f"A {cfg.adapter} adapter (rank {cfg.lora_r}, alpha {cfg.lora_alpha}) for `{cfg.base_model}`, "
+        "trained with gym.",
+        "usage": (
+            "from peft import AutoPeftModelForCausalLM\n"
+            "from transformers import AutoTokenizer\n\n"
+            'model = AutoPeftModelForCausalLM.from_pretrained("{output_dir}")\n'
+            'tokenizer = AutoTokenizer.from_pretrained("{output_dir}")'
+        ),
+        "packages": ["peft"],
+    }
+
+
+# ------------------------------------------------------------------------------------------- merging
+#
+# The base model is loaded in full precision (float32, or bfloat16 / float16 when the config loads weights in
+# that dtype), never quantized, even for a QLoRA adapter: the adapter's update is added to the original weights,
+# not to their 4-bit approximation, and the result is an ordinary transformers model in ``output_dir/merged``.
+
+MERGED_FOLDER = "merged"
+
+
+def find_adapter_dir(cfg, lora_model_dir: str | None = None) -> Path:
+    """Where the adapter to merge is: the given folder, else ``output_dir``, else ``lora_model_dir``."""
+    if lora_model_dir:
+        candidates = [("--lora-model-dir", Path(lora_model_dir))]
+    else:
+        candidates = [("output_dir", Path(cfg.output_dir))]
+        if cfg.lora_model_dir:
+            candidates.append(("lora_model_dir", Path(cfg.lora_model_dir)))
+    for _, folder in candidates:
+        if (folder / ADAPTER_CONFIG_FILE).is_file():
+            return folder
+    tried = ", ".join(f"{name} {folder}" for name, folder in candidates)
+    raise ModelError(f"no trained adapter to merge: no {ADAPTER_CONFIG_FILE} in {tried}")
+
+
+def load_full_precision_base(cfg, tokenizer):
+    """The base model as trained on (embeddings resized, every load hook run), but never quantized."""
+    from gym.api import build_model
+
+    plain = cfg.model_copy(update={key: False for key in ("load_in_4bit", "load_in_8bit") if hasattr(cfg, key)})
+    return build_model(plain, tokenizer, wrap=False)
+
+
+def merge_adapter(cfg, lora_model_dir: str | None = None) -> Path:
+    """Merge the adapter into a full-precision copy of the base and save it to ``output_dir/merged``."""
+    from peft import PeftModel
+
+    from gym.api import load_tokenizer
+
+    adapter_dir = find_adapter_dir(cfg, lora_model_dir)
+    tokenizer = load_tokenizer(cfg)
+    base = load_full_precision_base(cfg, tokenizer)
+    try:
+        with warnings.catch_warnings():  # PEFT still calls an API transformers 5 deprecated; not the user's to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(base, str(adapter_dir))
+    except Exception as exc:
+        raise ModelError(f"cannot apply the adapter in {adapter_dir} to {cfg.base_model}: {exc}") from exc
+    merged = model.merge_and_unload(safe_merge=True)
+    target = Path(cfg.output_dir) / MERGED_FOLDER
+    target.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    logger.info("merged %s into %s: %s", adapter_dir, cfg.base_model, target)
+    return target
+
+
+@hookimpl
+def gym_register_commands(cli):
+    import click
+
+    @cli.command(name="merge-lora")
+    @click.argument("config", type=click.Path(dir_okay=False))
+    @click.argument("overrides", nargs=-1)
+    @click.option("--lora-model-dir", default=None, help="Adapter folder (default: output_dir).")
+    def merge_lora(config, overrides, lora_model_dir):
+        """Merge a trained LoRA / QLoRA adapter into its base model, written to OUTPUT_DIR/merged."""
+        from gym.api import load_config
+
+        cfg = load_config(config, overrides)
+        target = merge_adapter(cfg, lora_model_dir)
+        click.echo(f"merged model written to {target}")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gym import hookimpl
-from gym.config import ConfigProblem
+from gym.api import hookimpl
+from gym.api import ConfigProblem
 
 
 class LossWatchdogConfig(BaseModel):

@@ -15,13 +15,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from gym import hookimpl
-from gym.schema import Strict
+from gym.api import hookimpl
+from gym.api import StrictConfig
 
 DtypeName = Literal["float32", "bfloat16", "float16"]
 
 
-class BnbConfigKwargs(Strict):
+class BnbConfigKwargs(StrictConfig):
     """Options passed on to ``transformers.BitsAndBytesConfig`` (Axolotl's ``bnb_config_kwargs``)."""
 
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
@@ -37,7 +37,7 @@ class BnbConfigKwargs(Strict):
     llm_int8_skip_modules: list[str] | None = Field(None, description="Modules left unquantized.")
 
 
-class QuantizationSettings(Strict):
+class QuantizationSettings(StrictConfig):
     """Keys of the quantization plugin."""
 
     load_in_4bit: bool = Field(
@@ -73,7 +73,7 @@ def bitsandbytes_installed() -> bool:
 
 @hookimpl
 def gym_validate_config(cfg):
-    from gym.config import ConfigProblem
+    from gym.api import ConfigProblem
 
     adapter = getattr(cfg, "adapter", None)
     problems = []
@@ -104,7 +104,7 @@ def gym_validate_config(cfg):
 
 def training_dtype_name(cfg) -> str:
     """float32, bfloat16 or float16: the precision the run computes in, as bf16 / fp16 (``auto`` too) ask."""
-    from gym.train import resolve_precision
+    from gym.api import resolve_precision
 
     precision = resolve_precision(cfg)
     return "bfloat16" if precision.bf16 else "float16" if precision.fp16 else "float32"

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gym import hookimpl
-from gym.datasets_api import DatasetStrategy
+from gym.api import DatasetStrategy, hookimpl
+
+SFT = ("sft",)  # the training method these rows are for
 
 NAMES = ("alpaca", "alpaca:chat", "alpaca:phi")
 
@@ -40,30 +41,27 @@ def gym_dataset_strategies():
         DatasetStrategy(
             name="alpaca",
             builder=f"{__name__}:build",
+            methods=SFT,
             description="instruction / input / output rows with the Alpaca prompt; output trained.",
         ),
         DatasetStrategy(
             name="alpaca:chat",
             builder=f"{__name__}:build",
+            methods=SFT,
             description="Alpaca columns written as USER: / ASSISTANT: turns.",
         ),
         DatasetStrategy(
             name="alpaca:phi",
             builder=f"{__name__}:build",
+            methods=SFT,
             description="Alpaca columns written with Phi-3 turn markers.",
         ),
     ]
 
 
-@hookimpl
-def gym_validate_config(cfg):
-    from gym.data.options import foreign_option_problems
-
-    return foreign_option_problems(cfg, NAMES, None)
-
 
 def build(tokenizer: Any, cfg: Any, dataset: Any):
-    from gym.data.instruction import InstructionStrategy, PromptFormat
+    from gym.api import InstructionStrategy, PromptFormat
 
     with_input, without_input = PROMPTS[dataset.type]
     return InstructionStrategy(tokenizer, cfg, dataset, PromptFormat(with_input, without_input))

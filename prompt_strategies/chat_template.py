@@ -14,8 +14,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from gym import hookimpl
-from gym.datasets_api import DatasetStrategy
+from gym.api import DatasetStrategy, hookimpl
+
+SFT = ("sft",)  # the training method these rows are for
 
 NAME = "chat_template"
 _WHITESPACE = re.compile(r"\s*")
@@ -33,7 +34,7 @@ DEFAULT_ROLE_NAMES = {
 
 
 def _known_template(value: str | None) -> str | None:
-    from gym.chat_templates import CHAT_TEMPLATE_NAMES, is_known_chat_template
+    from gym.api import CHAT_TEMPLATE_NAMES, is_known_chat_template
 
     if value is not None and not is_known_chat_template(value):
         raise ValueError(f"unknown chat template {value!r}; use one of {', '.join(CHAT_TEMPLATE_NAMES)}")
@@ -79,6 +80,7 @@ def gym_dataset_strategies():
         DatasetStrategy(
             name=NAME,
             builder=f"{__name__}:build",
+            methods=SFT,
             options=ChatTemplateOptions,
             description="Conversations (messages or ShareGPT) rendered with a chat template; assistant turns trained.",
             aliases=ALIASES,
@@ -104,17 +106,17 @@ def gym_config_schema():
 
 
 @hookimpl
-def gym_validate_config(cfg):
-    from gym.data.options import foreign_option_problems
+def gym_data_settings(cfg):
+    """``eot_tokens`` decides which end-of-turn tokens are trained: part of the prepared-data cache key."""
+    return {"eot_tokens": cfg.eot_tokens} if cfg.eot_tokens else None
 
-    return foreign_option_problems(cfg, (NAME, *ALIASES), ChatTemplateOptions)
 
 
 def end_of_turn_ids(tokenizer: Any, eot_tokens: list[str] | None) -> set[int] | None:
     """Ids of ``eot_tokens``; each must be one token of the vocabulary."""
     if not eot_tokens:
         return None
-    from gym.errors import ConfigError
+    from gym.api import ConfigError
 
     ids = set()
     for token in eot_tokens:
@@ -134,10 +136,10 @@ def build(tokenizer: Any, cfg: Any, dataset: Any) -> "ChatTemplateStrategy":
 
 class ChatTemplateStrategy:
     def __init__(self, tokenizer: Any, cfg: Any, dataset: Any):
-        from gym.chat_templates import resolve_chat_template
-        from gym.data.chat import ChatRenderer, SpanLabeler
-        from gym.data.tokenizing import train_on_inputs_for
-        from gym.errors import DataError
+        from gym.api import resolve_chat_template
+        from gym.api import ChatRenderer, SpanLabeler
+        from gym.api import train_on_inputs_for
+        from gym.api import DataError
 
         template = None
         if getattr(dataset, "chat_template", None):
@@ -172,7 +174,7 @@ class ChatTemplateStrategy:
     # ------------------------------------------------------------------------------------ messages
 
     def _messages(self, conversation: Any, i: int) -> list[dict]:
-        from gym.data.tokenizing import row_error
+        from gym.api import row_error
 
         field = self.field_messages
         if not isinstance(conversation, list):
@@ -219,9 +221,9 @@ class ChatTemplateStrategy:
 
     # ---------------------------------------------------------------------------------- tokenizing
 
-    def tokenize_batch(self, rows: dict[str, list]) -> dict[str, list]:
-        from gym.data.chat import TemplateError
-        from gym.data.tokenizing import column, row_error
+    def process_batch(self, rows: dict[str, list]) -> dict[str, list]:
+        from gym.api import TemplateError
+        from gym.api import column, row_error
 
         conversations = column(rows, self.field_messages, "messages field (set field_messages)")
         texts, trained, eos_after = [], [], []

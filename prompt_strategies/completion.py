@@ -10,8 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gym import hookimpl
-from gym.datasets_api import DatasetStrategy
+from gym.api import DatasetStrategy, hookimpl
+
+SFT = ("sft",)  # the training method these rows are for
 
 NAME = "completion"
 
@@ -30,20 +31,15 @@ def gym_dataset_strategies():
         DatasetStrategy(
             name=NAME,
             builder=f"{__name__}:build",
+            methods=SFT,
             options=CompletionOptions,
             description="Raw text, all trained; long texts split into sequence_len pieces.",
         )
     ]
 
 
-@hookimpl
-def gym_validate_config(cfg):
-    from gym.data.options import foreign_option_problems
-
-    return foreign_option_problems(cfg, (NAME,), CompletionOptions)
-
 
 def build(tokenizer: Any, cfg: Any, dataset: Any):
-    from gym.data.text import TextStrategy
+    from gym.api import TextStrategy
 
     return TextStrategy(tokenizer, cfg, getattr(dataset, "field", None) or "text")

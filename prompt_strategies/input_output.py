@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gym import hookimpl
-from gym.datasets_api import DatasetStrategy
+from gym.api import DatasetStrategy, hookimpl
+
+SFT = ("sft",)  # the training method these rows are for
 
 NAME = "input_output"
 
@@ -21,16 +22,11 @@ def gym_dataset_strategies():
         DatasetStrategy(
             name=NAME,
             builder=f"{__name__}:build",
+            methods=SFT,
             description="Rows of `segments: [{text, label}]`; segments with label true are trained.",
         )
     ]
 
-
-@hookimpl
-def gym_validate_config(cfg):
-    from gym.data.options import foreign_option_problems
-
-    return foreign_option_problems(cfg, (NAME,), None)
 
 
 def build(tokenizer: Any, cfg: Any, dataset: Any):
@@ -39,13 +35,13 @@ def build(tokenizer: Any, cfg: Any, dataset: Any):
 
 class InputOutputStrategy:
     def __init__(self, tokenizer: Any, cfg: Any, dataset: Any):
-        from gym.data.tokenizing import SegmentEncoder, train_on_inputs_for
+        from gym.api import SegmentEncoder, train_on_inputs_for
 
         self.encoder = SegmentEncoder(tokenizer)
         self.train_all = train_on_inputs_for(cfg, dataset)
 
-    def tokenize_batch(self, rows: dict[str, list]) -> dict[str, list]:
-        from gym.data.tokenizing import column, row_error
+    def process_batch(self, rows: dict[str, list]) -> dict[str, list]:
+        from gym.api import column, row_error
 
         all_segments = column(rows, "segments")
         samples = []

@@ -10,8 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gym import hookimpl
-from gym.datasets_api import DatasetStrategy
+from gym.api import DatasetStrategy, hookimpl
+
+SFT = ("sft",)  # the training method these rows are for
 
 NAME = "pretrain"
 
@@ -31,22 +32,17 @@ def gym_dataset_strategies():
         DatasetStrategy(
             name=NAME,
             builder=f"{__name__}:build",
+            methods=SFT,
             options=PretrainOptions,
             description="Raw text for continued pre-training, all trained; long texts split into pieces.",
         )
     ]
 
 
-@hookimpl
-def gym_validate_config(cfg):
-    from gym.data.options import foreign_option_problems
-
-    return foreign_option_problems(cfg, (NAME,), PretrainOptions)
-
 
 def build(tokenizer: Any, cfg: Any, dataset: Any):
-    from gym.data.text import TextStrategy
-    from gym.errors import ConfigError
+    from gym.api import TextStrategy
+    from gym.api import ConfigError
 
     text_column = getattr(dataset, "text_column", None)
     field = getattr(dataset, "field", None)

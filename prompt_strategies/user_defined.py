@@ -19,10 +19,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from gym import hookimpl
-from gym.datasets_api import DatasetStrategy
+from pydantic import Field
+
+from gym.api import DatasetStrategy, StrictConfig, hookimpl
+
+SFT = ("sft",)  # the training method these rows are for
 
 NAME = "user_defined"
+
+
+class UserDefinedFormat(StrictConfig):
+    """A prompt format given inline instead of a strategy name (``type: {field_instruction: ..}``)."""
+
+    field_system: str | None = Field(None, description="Column holding the system prompt.")
+    field_instruction: str | None = Field(None, description="Column holding the instruction.")
+    field_input: str | None = Field(None, description="Column holding the optional input.")
+    field_output: str | None = Field(None, description="Column holding the response (trained on).")
+    format: str | None = Field(
+        None, description="Prompt with {instruction} and {input}, used when the row has an input."
+    )
+    no_input_format: str | None = Field(None, description="Prompt with {instruction}, used when the input is empty.")
+    system_format: str | None = Field("{system}", description="How the system prompt is written, with {system}.")
+    system_prompt: str | None = Field(None, description="System prompt used when a row has none.")
 
 
 @hookimpl
@@ -31,21 +49,16 @@ def gym_dataset_strategies():
         DatasetStrategy(
             name=NAME,
             builder=f"{__name__}:build",
+            methods=SFT,
+            inline=UserDefinedFormat,
             description="A prompt format given as a mapping in `type:` (field_instruction, format, ...).",
         )
     ]
 
 
-@hookimpl
-def gym_validate_config(cfg):
-    from gym.data.options import foreign_option_problems
-
-    return foreign_option_problems(cfg, (), None, user_defined=True)
-
 
 def build(tokenizer: Any, cfg: Any, dataset: Any):
-    from gym.data.instruction import InstructionStrategy, PromptFormat
-    from gym.errors import ConfigError
+    from gym.api import ConfigError, InstructionStrategy, PromptFormat
     from gym.prompt_strategies.alpaca import PROMPTS
 
     spec = dataset.type

@@ -64,7 +64,7 @@ def qa_plugin(tmp_path, monkeypatch):
     reset_plugin_manager()
 
 
-DATA_PLUGINS = "alpaca,chat_template,completion,input_output,pretrain,user_defined"
+DATA_PLUGINS = "sft,alpaca,chat_template,completion,input_output,pretrain,user_defined"
 
 
 @pytest.fixture(scope="module")

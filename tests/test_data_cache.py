@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 
-from gym.data.prepare import prepare_datasets
+from gym.data.prepare import prepare_data
 
 def write_rows(path, n, answer="{}"):
     rows = [{"instruction": f"Add {i} and {i}", "input": "", "output": answer.format(2 * i)} for i in range(n)]
@@ -23,16 +23,16 @@ def make_cfg(manager, data, cache, **top):
 def test_unchanged_config_hits_and_every_change_rebuilds(manager, tok, tmp_path):
     data, cache = tmp_path / "a.jsonl", tmp_path / "prepared"
     write_rows(data, 40)
-    first = prepare_datasets(make_cfg(manager, data, cache, sample_packing=True, sequence_len=512), tok, manager=manager)
+    first = prepare_data(make_cfg(manager, data, cache, sample_packing=True, sequence_len=512), tok, manager=manager)
     assert first.report.cache == "miss" and first.report.cache_path
-    again = prepare_datasets(make_cfg(manager, data, cache, sample_packing=True, sequence_len=512), tok, manager=manager)
+    again = prepare_data(make_cfg(manager, data, cache, sample_packing=True, sequence_len=512), tok, manager=manager)
     assert again.report.cache_hit and again.report.cache_path == first.report.cache_path
     assert again.train["input_ids"] == first.train["input_ids"]
     assert again.train["position_ids"] == first.train["position_ids"]
-    assert again.report.train_rows == first.report.train_rows and "cache: hit" in again.summary()
+    assert again.report.train.rows == first.report.train.rows and "cache: hit" in again.summary()
 
     def fingerprint_after(cfg, tokenizer=tok):
-        prepared = prepare_datasets(cfg, tokenizer, manager=manager)
+        prepared = prepare_data(cfg, tokenizer, manager=manager)
         assert prepared.report.cache == "miss"
         return prepared.report.fingerprint
 
@@ -63,16 +63,16 @@ CHILD = textwrap.dedent(
     """
     import json, sys
     from gym.plugin_manager import GymPluginManager
-    from gym.data.prepare import prepare_datasets
+    from gym.data.prepare import prepare_data
     from gym.tiny import build_tokenizer
 
     manager = GymPluginManager()
-    manager.load_entry_points(environ={"GYM_PLUGINS": "alpaca"})
+    manager.load_entry_points(environ={"GYM_PLUGINS": "sft,alpaca"})
     cfg = manager.schema().model.model_validate({
         "base_model": "tiny", "sample_packing": True, "sequence_len": 256, "val_set_size": 0.1,
         "datasets": [{"path": sys.argv[1], "type": "alpaca"}], "dataset_prepared_path": sys.argv[2],
     })
-    prepared = prepare_datasets(cfg, build_tokenizer(), manager=manager)
+    prepared = prepare_data(cfg, build_tokenizer(), manager=manager)
     print(json.dumps({"cache": prepared.report.cache, "fingerprint": prepared.report.fingerprint,
                       "rows": len(prepared.train), "first": prepared.train[0]["input_ids"]}))
     """

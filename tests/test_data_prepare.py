@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gym.data.prepare import prepare_datasets
+from gym.data.prepare import prepare_data
 from gym.errors import ConfigError, DataError
 from gym.plugin_manager import GymPluginManager
 
@@ -29,14 +29,14 @@ def test_two_datasets_mixed_and_counted(manager, tok, tmp_path):
     c = tmp_path / "c.json"
     c.write_text(json.dumps([{"messages": m} for m in convs]))
     cfg = make_cfg(manager, [{"path": a, "type": "alpaca"}, {"path": str(c), "type": "chat_template"}], sequence_len=256)
-    prepared = prepare_datasets(cfg, tok, manager=manager)
+    prepared = prepare_data(cfg, tok, manager=manager)
     assert prepared.train.column_names == ["input_ids", "labels"]
     assert prepared.eval is None
     assert len(prepared.train) == 50
     report = prepared.report
-    assert [d.rows for d in report.datasets] == [30, 20] and report.rows_read == 50
-    assert report.train_samples == 50 and report.cache == "off"
-    assert report.train_tokens == sum(len(x) for x in prepared.train["input_ids"])
+    assert [d.rows for d in report.sources] == [30, 20] and report.rows_read == 50
+    assert report.train.samples == 50 and report.cache == "off"
+    assert report.train.figures["tokens"] == sum(len(x) for x in prepared.train["input_ids"])
     texts = [tok.decode(x) for x in prepared.train["input_ids"][:20]]
     assert any("### Instruction" in t for t in texts) and any("<|im_start|>" in t for t in texts), "shuffled together"
     summary = prepared.summary()
@@ -46,16 +46,16 @@ def test_two_datasets_mixed_and_counted(manager, tok, tmp_path):
 def test_too_long_dropped_or_truncated_and_counted(manager, tok, tmp_path):
     rows = alpaca_rows(10) + [{"instruction": "Repeat " + "words " * 200, "input": "", "output": "ok"}] * 3
     path = write_jsonl(tmp_path / "a.jsonl", rows)
-    dropped = prepare_datasets(make_cfg(manager, [{"path": path, "type": "alpaca"}], sequence_len=160), tok, manager=manager)
-    counts = dropped.report.datasets[0]
-    assert counts.rows == 13 and counts.dropped_too_long == 3 and counts.kept == 10 and counts.truncated == 0
-    assert "dropped 3 too long" in dropped.summary()
-    truncated = prepare_datasets(
+    dropped = prepare_data(make_cfg(manager, [{"path": path, "type": "alpaca"}], sequence_len=160), tok, manager=manager)
+    counts = dropped.report.sources[0]
+    assert counts.rows == 13 and counts.dropped.get("longer than sequence_len", 0) == 3 and counts.kept == 10 and counts.changed.get("truncated", 0) == 0
+    assert "dropped 3 longer than sequence_len" in dropped.summary()
+    truncated = prepare_data(
         make_cfg(manager, [{"path": path, "type": "alpaca"}], sequence_len=160, excess_length_strategy="truncate"), tok, manager=manager
     )
-    counts = truncated.report.datasets[0]
+    counts = truncated.report.sources[0]
     # cut at 160 tokens the long prompts keep no trained token: truncated, then dropped for that (both counted)
-    assert counts.truncated == 3 and counts.dropped_no_trained == 3 and counts.kept == 10
+    assert counts.changed.get("truncated", 0) == 3 and counts.dropped.get("with no trained token", 0) == 3 and counts.kept == 10
     assert max(len(x) for x in truncated.train["input_ids"]) <= 160
 
 
@@ -64,8 +64,8 @@ def test_truncation_keeps_samples_with_trained_tokens(manager, tok, tmp_path):
     cfg = make_cfg(manager, [{"path": path, "type": "input_output"}], sequence_len=16)
     rows = [{"segments": [{"text": "Q ", "label": False}, {"text": "answer " * 50, "label": True}]}]
     write_jsonl(tmp_path / "t.jsonl", rows * 2)
-    prepared = prepare_datasets(cfg.model_copy(update={"excess_length_strategy": "truncate"}), tok, manager=manager)
-    assert prepared.report.datasets[0].truncated == 2 and len(prepared.train) == 2
+    prepared = prepare_data(cfg.model_copy(update={"excess_length_strategy": "truncate"}), tok, manager=manager)
+    assert prepared.report.sources[0].changed.get("truncated", 0) == 2 and len(prepared.train) == 2
     assert all(len(x) == 16 for x in prepared.train["input_ids"])
 
 
@@ -77,47 +77,49 @@ def test_min_sample_len_and_no_trained_tokens_are_dropped_and_counted(manager, t
         {"segments": [{"text": "Question: what is it?\n", "label": False}, {"text": "Answer: it is long", "label": True}]},
     ]
     path = write_jsonl(tmp_path / "io.jsonl", rows)
-    prepared = prepare_datasets(
+    prepared = prepare_data(
         make_cfg(manager, [{"path": path, "type": "input_output"}], min_sample_len=4), tok, manager=manager
     )
-    counts = prepared.report.datasets[0]
-    assert counts.dropped_no_trained == 1  # "prompt only"
-    assert counts.dropped_too_short == 1  # "a"
+    counts = prepared.report.sources[0]
+    assert counts.dropped.get("with no trained token", 0) == 1  # "prompt only"
+    assert counts.dropped.get("shorter than min_sample_len", 0) == 1  # "a"
     assert counts.kept == 2 and len(prepared.train) == 2
-    assert "1 with no trained token" in prepared.summary() and "1 too short" in prepared.summary()
+    assert "1 with no trained token" in prepared.summary() and "1 shorter than min_sample_len" in prepared.summary()
 
 
 def test_val_set_size_fraction_and_count(manager, tok, tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", alpaca_rows(40))
-    fraction = prepare_datasets(make_cfg(manager, [{"path": path, "type": "alpaca"}], val_set_size=0.25), tok, manager=manager)
+    fraction = prepare_data(make_cfg(manager, [{"path": path, "type": "alpaca"}], val_set_size=0.25), tok, manager=manager)
     assert (len(fraction.train), len(fraction.eval)) == (30, 10)
-    count = prepare_datasets(make_cfg(manager, [{"path": path, "type": "alpaca"}], val_set_size=7), tok, manager=manager)
+    count = prepare_data(make_cfg(manager, [{"path": path, "type": "alpaca"}], val_set_size=7), tok, manager=manager)
     assert (len(count.train), len(count.eval)) == (33, 7)
     train = {tuple(x) for x in count.train["input_ids"]}
     held_out = {tuple(x) for x in count.eval["input_ids"]}
     assert not train & held_out and len(train | held_out) == 40
     with pytest.raises(DataError, match="val_set_size"):
-        prepare_datasets(make_cfg(manager, [{"path": path, "type": "alpaca"}], val_set_size=40), tok, manager=manager)
-    with pytest.raises(ConfigError, match="whole number"):
-        prepare_datasets(make_cfg(manager, [{"path": path, "type": "alpaca"}], val_set_size=2.5), tok, manager=manager)
+        prepare_data(make_cfg(manager, [{"path": path, "type": "alpaca"}], val_set_size=40), tok, manager=manager)
+    from gym.config import core_problems
+
+    rules = core_problems(make_cfg(manager, [{"path": path, "type": "alpaca"}], val_set_size=2.5), manager)
+    assert any(p.field == "val_set_size" and "whole number" in p.message for p in rules)
 
 
 def test_seed_shuffles_and_no_shuffle_keeps_order(manager, tok, tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", alpaca_rows(30))
-    ordered = prepare_datasets(make_cfg(manager, [{"path": path, "type": "alpaca"}], shuffle_merged_datasets=False), tok, manager=manager)
+    ordered = prepare_data(make_cfg(manager, [{"path": path, "type": "alpaca"}], shuffle_merged_datasets=False), tok, manager=manager)
     assert "Add 0 and 1" in tok.decode(ordered.train[0]["input_ids"])
-    seeded = [prepare_datasets(make_cfg(manager, [{"path": path, "type": "alpaca"}], seed=s), tok, manager=manager) for s in (1, 1, 2)]
+    seeded = [prepare_data(make_cfg(manager, [{"path": path, "type": "alpaca"}], seed=s), tok, manager=manager) for s in (1, 1, 2)]
     assert seeded[0].train["input_ids"] == seeded[1].train["input_ids"] != seeded[2].train["input_ids"]
 
 
 def test_test_datasets_become_the_eval_set(manager, tok, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", alpaca_rows(20))
     test = write_jsonl(tmp_path / "test.jsonl", alpaca_rows(5, start=100))
-    prepared = prepare_datasets(
+    prepared = prepare_data(
         make_cfg(manager, [{"path": train, "type": "alpaca"}], test_datasets=[{"path": test, "type": "alpaca"}]), tok, manager=manager
     )
     assert len(prepared.train) == 20 and len(prepared.eval) == 5
-    assert [d.role for d in prepared.report.datasets] == ["train", "test"]
+    assert [d.role for d in prepared.report.sources] == ["train", "test"]
     assert "Add 100 and 101" in tok.decode(prepared.eval[0]["input_ids"])
 
 
@@ -142,19 +144,19 @@ def test_file_formats_and_folders(manager, tok, tmp_path):
         {"path": str(folder), "split": "test", "type": "alpaca"},
         {"path": str(folder), "data_files": ["train.jsonl"], "type": "alpaca"},
     ]
-    prepared = prepare_datasets(make_cfg(manager, entries), tok, manager=manager)
-    assert [d.rows for d in prepared.report.datasets] == [6, 6, 2, 3, 6]
+    prepared = prepare_data(make_cfg(manager, entries), tok, manager=manager)
+    assert [d.rows for d in prepared.report.sources] == [6, 6, 2, 3, 6]
 
 
 def test_missing_file_and_uncached_hub_id_are_data_errors(manager, tok, tmp_path, monkeypatch):
     with pytest.raises(DataError, match="no such file or folder"):
-        prepare_datasets(make_cfg(manager, [{"path": str(tmp_path / "nope.jsonl"), "type": "alpaca"}]), tok, manager=manager)
+        prepare_data(make_cfg(manager, [{"path": str(tmp_path / "nope.jsonl"), "type": "alpaca"}]), tok, manager=manager)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DataError, match="cannot be downloaded") as err:
-        prepare_datasets(make_cfg(manager, [{"path": "someone/not-cached-anywhere", "type": "alpaca"}]), tok, manager=manager)
+        prepare_data(make_cfg(manager, [{"path": "someone/not-cached-anywhere", "type": "alpaca"}]), tok, manager=manager)
     assert "Point `path` at a local file or folder" in str(err.value)
 
 
@@ -163,25 +165,25 @@ def test_bad_rows_name_dataset_row_and_field(manager, tok, tmp_path):
     rows[3] = {"instruction": "x", "input": "", "output": None}
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(DataError) as err:
-        prepare_datasets(make_cfg(manager, [{"path": path, "type": "alpaca"}]), tok, manager=manager)
+        prepare_data(make_cfg(manager, [{"path": path, "type": "alpaca"}]), tok, manager=manager)
     message = str(err.value)
     assert "bad.jsonl" in message and "row 3" in message and "'output'" in message
     other = write_jsonl(tmp_path / "other.jsonl", [{"question": "q", "answer": "a"}] * 3)
     with pytest.raises(DataError, match=r"other.jsonl.*row 0.*'instruction'"):
-        prepare_datasets(make_cfg(manager, [{"path": other, "type": "alpaca"}]), tok, manager=manager)
+        prepare_data(make_cfg(manager, [{"path": other, "type": "alpaca"}]), tok, manager=manager)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"instruction": "a", "output": "b"}\n{not json\n')
     with pytest.raises(DataError, match="broken.jsonl"):
-        prepare_datasets(make_cfg(manager, [{"path": str(broken), "type": "alpaca"}]), tok, manager=manager)
+        prepare_data(make_cfg(manager, [{"path": str(broken), "type": "alpaca"}]), tok, manager=manager)
 
 
 def test_third_party_strategy_errors_are_located(manager, tok, tmp_path):
     """A strategy that raises a plain exception: gym finds the row by retrying rows one by one."""
-    from gym import hookimpl
+    from gym.api import hookimpl
     from gym.datasets_api import DatasetStrategy
 
     class Upper:
-        def tokenize_batch(self, rows):
+        def process_batch(self, rows):
             out = {"input_ids": [], "labels": []}
             for word in rows["word"]:
                 ids = tok(word.upper(), add_special_tokens=False)["input_ids"]
@@ -195,18 +197,18 @@ def test_third_party_strategy_errors_are_located(manager, tok, tmp_path):
             return [DatasetStrategy(name="upper", builder=lambda tokenizer, cfg, dataset: Upper())]
 
     local = GymPluginManager()
-    local.load_entry_points(environ={"GYM_PLUGINS": "alpaca,chat_template,completion,input_output,pretrain,user_defined"})
+    local.load_entry_points(environ={"GYM_PLUGINS": "sft,alpaca,chat_template,completion,input_output,pretrain,user_defined"})
     local.register(Plugin(), "upper-plugin")
     path = write_jsonl(tmp_path / "w.jsonl", [{"word": "hello there"}, {"word": 7}, {"word": "fine words"}])
     with pytest.raises(DataError, match=r"w.jsonl \(upper\), row 1: the strategy failed: AttributeError"):
-        prepare_datasets(make_cfg(local, [{"path": path, "type": "upper"}]), tok, manager=local)
+        prepare_data(make_cfg(local, [{"path": path, "type": "upper"}]), tok, manager=local)
 
 
 def test_num_proc_gives_the_same_rows(manager, tok, tmp_path):
     rows = alpaca_rows(2500)
     path = write_jsonl(tmp_path / "big.jsonl", rows)
-    single = prepare_datasets(make_cfg(manager, [{"path": path, "type": "alpaca"}], shuffle_merged_datasets=False), tok, manager=manager)
-    double = prepare_datasets(
+    single = prepare_data(make_cfg(manager, [{"path": path, "type": "alpaca"}], shuffle_merged_datasets=False), tok, manager=manager)
+    double = prepare_data(
         make_cfg(manager, [{"path": path, "type": "alpaca"}], shuffle_merged_datasets=False, dataset_processes=2), tok, manager=manager
     )
     assert single.train["input_ids"] == double.train["input_ids"]

@@ -33,6 +33,24 @@ def test_every_hook_has_a_caller(hook):
     assert any(f'"{hook}"' in s or f".{hook}(" in s for s in sources), f"nothing calls {hook}"
 
 
+def test_hook_section_of_the_plugin_guide_is_generated_from_the_specs():
+    from gym.docs import replace_hooks_section
+
+    guide = (REPO / "docs" / "plugins.md").read_text()
+    assert guide == replace_hooks_section(guide), "docs/plugins.md is stale: run python -m gym.docs --hooks docs/plugins.md"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_docstring_says_when_it_runs_how_results_combine_and_each_argument(hook):
+    import inspect
+
+    spec = getattr(hookspecs, hook)
+    doc = inspect.cleandoc(spec.__doc__)
+    assert "When:" in doc and "Combines:" in doc, f"{hook}: say when it runs and how results combine"
+    for argument in inspect.signature(spec).parameters:
+        assert re.search(rf"^    {argument}: \S", doc, re.M), f"{hook}: argument {argument!r} is not documented"
+
+
 def test_configuration_reference_is_generated_from_the_schema():
     from gym.docs import render
 

@@ -58,7 +58,7 @@ def test_lora_run_trains_only_the_adapter_and_saves_it_for_plain_peft(tmp_path, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gym.train import train
+    from gym.run import run as train
 
     cfg = run_config(tmp_path, tiny_run_inputs, "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n")
     result = train(cfg)
@@ -85,7 +85,7 @@ def test_qlora_run_trains_on_a_4bit_base(tmp_path, tiny_run_inputs):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from gym.train import train
+    from gym.run import run as train
 
     cfg = run_config(
         tmp_path, tiny_run_inputs, "adapter: qlora\nload_in_4bit: true\nlora_r: 8\nlora_alpha: 16\n"
@@ -100,7 +100,7 @@ def test_qlora_run_trains_on_a_4bit_base(tmp_path, tiny_run_inputs):
 
 
 def test_rslora_and_dora_runs_train(tmp_path, tiny_run_inputs):
-    from gym.train import train
+    from gym.run import run as train
 
     for name, keys in (("rslora.yml", "peft_use_rslora: true\nlora_r: 16\n"), ("dora.yml", "peft_use_dora: true\n")):
         cfg = run_config(tmp_path, tiny_run_inputs, "adapter: lora\nlora_target_linear: true\n" + keys, name=name)
@@ -112,7 +112,7 @@ def test_rslora_and_dora_runs_train(tmp_path, tiny_run_inputs):
 
 
 def test_a_second_run_continues_from_lora_model_dir(tmp_path, tiny_run_inputs):
-    from gym.train import train
+    from gym.run import run as train
 
     keys = "adapter: lora\nlora_target_modules: [q_proj, v_proj, down_proj]\n"
     first = train(run_config(tmp_path, tiny_run_inputs, keys, name="first.yml"))

@@ -42,7 +42,7 @@ def check_merged_matches_adapter(merged_dir: Path, base_dir: Path, adapter_dir: 
 
 def test_merge_lora_cli_with_dora_new_tokens_and_modules_to_save(tmp_path, tiny_run_inputs):
     from gym.cli import main
-    from gym.train import train
+    from gym.run import run as train
 
     cfg = run_config(
         tmp_path, tiny_run_inputs,
@@ -62,7 +62,7 @@ def test_merge_lora_cli_with_dora_new_tokens_and_modules_to_save(tmp_path, tiny_
 
 def test_qlora_merges_into_the_full_precision_base(tmp_path, tiny_run_inputs):
     """With merge_lora: true the run itself merges; the base is loaded in float32, not 4-bit."""
-    from gym.train import train
+    from gym.run import run as train
 
     cfg = run_config(
         tmp_path, tiny_run_inputs,
@@ -76,7 +76,7 @@ def test_qlora_merges_into_the_full_precision_base(tmp_path, tiny_run_inputs):
 
 def test_merge_lora_from_another_adapter_folder(tmp_path, tiny_run_inputs):
     from gym.cli import main
-    from gym.train import train
+    from gym.run import run as train
 
     cfg = run_config(tmp_path, tiny_run_inputs, "adapter: lora\nlora_target_modules: [q_proj, v_proj]\nmax_steps: 3\n",
                      name="source.yml")

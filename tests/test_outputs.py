@@ -26,7 +26,7 @@ def test_model_card_front_matter_names_hub_base_model_and_datasets(write_config,
         output_dir: {tmp_path / "run"}
         """,
     )
-    path = write_model_card(cfg, {"train_loss": 1.23456, "train_steps": 1200}, trainer_name="sft")
+    path = write_model_card(cfg, {"train_loss": 1.23456, "train_steps": 1200}, "sft")
     text = path.read_text()
     assert text.startswith("---\n")
     meta = yaml.safe_load(text.split("---\n")[1])
@@ -44,9 +44,14 @@ def test_adapter_card_says_peft_and_builtin_models_are_not_hub_ids(write_config,
     from gym.outputs import card_metadata, model_card
 
     cfg = load(write_config, f"base_model: builtin:tiny-llama\ndatasets:\n  - path: builtin:addition\n    type: alpaca\noutput_dir: {tmp_path}\n")
-    meta = card_metadata(cfg, adapter=True, trainer_name="sft")
-    assert meta["library_name"] == "peft" and "base_model" not in meta and "datasets" not in meta
-    assert "AutoPeftModelForCausalLM" in model_card(cfg, {}, adapter=True)
+    from gym.plugin_manager import get_plugin_manager
+
+    card = get_plugin_manager().merged_dict("gym_model_card", cfg=cfg.model_copy(update={"adapter": "lora"}), model=None)
+    meta = card_metadata(cfg, "sft", card)
+    assert meta["library_name"] == "peft" and meta["tags"] == ["gym", "sft", "lora"]
+    assert "base_model" not in meta and "datasets" not in meta
+    assert "AutoPeftModelForCausalLM" in model_card(cfg, {}, "sft", card)
+    assert "peft" not in get_plugin_manager().merged_dict("gym_model_card", cfg=cfg, model=None).get("packages", [])
 
 
 def test_saved_config_is_complete_and_runs_again(write_config, tmp_path):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from gym.data.packing import pack_columns, packing_efficiency, plan_packing
+from gym.plugins.sft.packing import pack_columns, packing_efficiency, plan_packing
 
 
 def assert_valid(bins, lengths, capacity):
@@ -73,12 +73,12 @@ def setup():
     from gym.tiny import build_tokenizer
 
     manager = GymPluginManager()
-    manager.load_entry_points(environ={"GYM_PLUGINS": "alpaca,completion"})
+    manager.load_entry_points(environ={"GYM_PLUGINS": "sft,alpaca,completion"})
     return manager, build_tokenizer()
 
 
 def test_prepare_with_packing(setup, tmp_path):
-    from gym.data.prepare import prepare_datasets
+    from gym.data.prepare import prepare_data
 
     manager, tok = setup
     path = tmp_path / "a.jsonl"
@@ -89,15 +89,15 @@ def test_prepare_with_packing(setup, tmp_path):
         base = {"base_model": "tiny", "datasets": [{"path": str(path), "type": "alpaca"}], "sequence_len": 512}
         return manager.schema().model.model_validate({**base, **top})
 
-    plain = prepare_datasets(cfg(val_set_size=20, sample_packing=False), tok, manager=manager)
-    packed = prepare_datasets(cfg(val_set_size=20, sample_packing=True), tok, manager=manager)
+    plain = prepare_data(cfg(val_set_size=20, sample_packing=False), tok, manager=manager)
+    packed = prepare_data(cfg(val_set_size=20, sample_packing=True), tok, manager=manager)
     assert packed.train.column_names == ["input_ids", "labels", "position_ids"]
     assert packed.eval.column_names == ["input_ids", "labels", "position_ids"]
     report = packed.report
-    assert report.train_samples == 100 and report.train_rows == len(packed.train) < 100
-    assert report.train_tokens == plain.report.train_tokens
-    assert report.train_trained_tokens == plain.report.train_trained_tokens
-    assert report.packing_efficiency == pytest.approx(report.train_tokens / (report.train_rows * 512))
+    assert report.train.samples == 100 and report.train.rows == len(packed.train) < 100
+    assert report.train.figures["tokens"] == plain.report.train.figures["tokens"]
+    assert report.train.figures["trained_tokens"] == plain.report.train.figures["trained_tokens"]
+    assert report.train.figures["packing_efficiency"] == pytest.approx(report.train.figures["tokens"] / (report.train.rows * 512))
     assert "packing efficiency" in packed.summary()
     samples = set()
     for row in packed.train:
@@ -109,7 +109,7 @@ def test_prepare_with_packing(setup, tmp_path):
             assert row["labels"][a] == -100
             samples.add(tuple(row["input_ids"][a:b]))
     assert samples == {tuple(x) for x in plain.train["input_ids"]}
-    unpacked_eval = prepare_datasets(
+    unpacked_eval = prepare_data(
         cfg(val_set_size=20, sample_packing=True, eval_sample_packing=False), tok, manager=manager
     )
     assert unpacked_eval.eval.column_names == ["input_ids", "labels"] and len(unpacked_eval.eval) == 20

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gym.data import prepare
+from gym.plugins.sft import rows as prepare
 
 
 def samples_dataset(n=300, seed=0):
@@ -22,12 +22,12 @@ def samples_dataset(n=300, seed=0):
 
 def test_chunked_packing_and_counting_equal_one_pass(monkeypatch, tmp_path):
     data = samples_dataset()
-    whole, whole_eff = prepare._packed_dataset(data, 128, tmp_path / "whole.arrow")
-    whole_counts = prepare._token_counts(data)
+    whole, whole_eff = prepare.packed_dataset(data, 128, tmp_path / "whole.arrow")
+    whole_counts = prepare.token_counts(data)
     monkeypatch.setattr(prepare, "PACK_CHUNK_TOKENS", 300)  # two packed rows per chunk
     monkeypatch.setattr(prepare, "COUNT_BATCH", 7)
-    chunked, chunked_eff = prepare._packed_dataset(data, 128, tmp_path / "chunked.arrow")
-    assert prepare._token_counts(data) == whole_counts
+    chunked, chunked_eff = prepare.packed_dataset(data, 128, tmp_path / "chunked.arrow")
+    assert prepare.token_counts(data) == whole_counts
     assert chunked_eff == whole_eff
     assert len(chunked) == len(whole) > 10
     for column in ("input_ids", "labels", "position_ids"):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from gym.data.collator import GymCollator
-from gym.data.packing import pack_columns, plan_packing
+from gym.plugins.sft.collator import SupervisedCollator
+from gym.plugins.sft.packing import pack_columns, plan_packing
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,8 @@ def test_packed_equals_unpacked(tok_and_model, attention):
     rows, bins = packed_rows(samples, capacity)
     assert len(rows) < len(samples) and any(len(b) > 1 for b in bins)
 
-    unpacked = GymCollator(tok.pad_token_id, packed=False)(samples)
-    packed = GymCollator(tok.pad_token_id, packed=True, pad_to=capacity)(rows)
+    unpacked = SupervisedCollator(tok.pad_token_id, packed=False)(samples)
+    packed = SupervisedCollator(tok.pad_token_id, packed=True, pad_to=capacity)(rows)
     assert "attention_mask" not in packed and packed["input_ids"].shape[1] == capacity
     with torch.no_grad():
         plain = model(**unpacked, use_cache=False)
@@ -82,7 +82,7 @@ def test_a_cache_breaks_packing_so_training_must_pass_use_cache_false(tok_and_mo
     samples = make_samples(tok, n=4)
     rows, bins = packed_rows(samples, sum(len(s["input_ids"]) for s in samples))
     assert len(rows) == 1
-    batch = GymCollator(tok.pad_token_id, packed=True)(rows)
+    batch = SupervisedCollator(tok.pad_token_id, packed=True)(rows)
     with torch.no_grad():
         isolated = model(**batch, use_cache=False).logits
         leaking = model(**batch, use_cache=True).logits

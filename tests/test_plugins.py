@@ -7,7 +7,7 @@ import types
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from gym import hookimpl
+from gym.api import hookimpl
 from gym.datasets_api import DatasetStrategy
 from gym.errors import PluginError
 from gym.plugin_manager import GymPluginManager

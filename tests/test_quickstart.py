@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gym import builtin
+from gym.builtin_data import materialize_dataset
+from gym.plugins.addition import AdditionTask
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.yml"))
@@ -22,41 +23,38 @@ def gym_home(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
-def manager_with_task_eval():
-    """The installed plugins, plus task_eval registered in code if its entry point is not installed yet."""
+def installed():
+    """The installed plugins."""
     from gym.plugin_manager import GymPluginManager
-    from gym.plugins import task_eval
 
     manager = GymPluginManager()
     manager.load_entry_points()
-    if "task_eval" not in manager.infos:
-        manager.register(task_eval, "task_eval")
     return manager
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_every_example_says_how_to_run_it_and_validates(path, manager_with_task_eval):
+def test_every_example_says_how_to_run_it_and_validates(path, installed):
     from gym.config import load_config
 
     first = path.read_text().splitlines()[0]
     assert first.startswith(f"# gym run examples/{path.name}"), first
-    load_config(path, manager=manager_with_task_eval)
+    load_config(path, manager=installed)
 
 
 def test_builtin_addition_is_deterministic_and_keeps_held_out_problems_out(gym_home):
-    path = builtin.materialize_dataset("builtin:addition?rows=500&digits=3&seed=4")
+    path = materialize_dataset("builtin:addition?rows=500&digits=3&seed=4")
     assert Path(path).parent == gym_home / "datasets"
-    assert builtin.materialize_dataset("builtin:addition?rows=500&digits=3&seed=4") == path
+    assert materialize_dataset("builtin:addition?rows=500&digits=3&seed=4") == path
     rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
     assert len(rows) == 500
     for row in rows:
         a, b = (int(x) for x in row["instruction"].removeprefix("What is ").rstrip("?").split(" + "))
         assert row["output"] == str(a + b) and 100 <= a <= 999 and 100 <= b <= 999
-        assert not builtin.AdditionTask.held_out(a, b)
+        assert not AdditionTask.held_out(a, b)
         assert row["messages"][1] == {"role": "assistant", "content": row["output"]}
         assert row["text"] == f"{row['instruction']} {row['output']}"
-    held_out = builtin.AdditionTask(digits=3).evaluation_rows(50)
-    assert held_out == builtin.AdditionTask(digits=3).evaluation_rows(50)
+    held_out = AdditionTask(digits=3).evaluation_rows(50)
+    assert held_out == AdditionTask(digits=3).evaluation_rows(50)
     training_pairs = {r["instruction"] for r in rows}
     assert not training_pairs & {r["instruction"] for r in held_out}
 
@@ -73,26 +71,26 @@ def test_bad_builtin_dataset_paths_are_config_errors(bad, message):
     from gym.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        builtin.materialize_dataset(bad)
+        materialize_dataset(bad)
 
 
 def test_digit_accuracy_aligns_from_the_right():
-    from gym.task_eval import digit_accuracy
+    from gym.plugins.addition import digit_accuracy
 
     assert digit_accuracy("105", "105") == 1.0
     assert digit_accuracy("105", "95") == pytest.approx(1 / 3)
     assert digit_accuracy("58", "") == 0.0
 
 
-def test_quickstart_learns_addition_in_a_shortened_run(tmp_path, manager_with_task_eval):
+def test_quickstart_learns_addition_in_a_shortened_run(tmp_path, installed):
     """The real quickstart config, cut to 120 steps of 32: the loss drops and held-out answers get better."""
     from gym.config import load_config
-    from gym.train import train
+    from gym.run import run as train
 
     config = REPO / "examples" / "quickstart.yml"
     assert yaml.safe_load(config.read_text())["eval_task"] == "addition"
-    cfg = load_config(config, ["max_steps=120", "micro_batch_size=32", f"output_dir={tmp_path / 'quickstart'}"], manager=manager_with_task_eval)
-    result = train(cfg, manager_with_task_eval)
+    cfg = load_config(config, ["max_steps=120", "micro_batch_size=32", f"output_dir={tmp_path / 'quickstart'}"], manager=installed)
+    result = train(cfg, installed)
 
     metrics = result.metrics
     assert result.steps == 120

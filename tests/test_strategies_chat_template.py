@@ -51,7 +51,7 @@ CONVERSATION = [
 
 
 def test_assistant_turns_and_their_end_of_turn_are_trained(manager, tok):
-    out = strategy_for(manager, tok, {}).tokenize_batch({"messages": [CONVERSATION]})
+    out = strategy_for(manager, tok, {}).process_batch({"messages": [CONVERSATION]})
     ids, labels = out["input_ids"][0], out["labels"][0]
     assert ids == tok.apply_chat_template(CONVERSATION, tokenize=True, return_dict=False)
     assert trained_pieces(tok, ids, labels) == ["4<|im_end|>", "6, of course<|im_end|>"]
@@ -60,17 +60,17 @@ def test_assistant_turns_and_their_end_of_turn_are_trained(manager, tok):
 def test_roles_to_train_and_train_on_eos(manager, tok):
     batch = {"messages": [CONVERSATION]}
     both = strategy_for(manager, tok, {"roles_to_train": ["user", "assistant"], "train_on_eos": "none"})
-    out = both.tokenize_batch(batch)
+    out = both.process_batch(batch)
     assert trained_pieces(tok, out["input_ids"][0], out["labels"][0]) == ["What is 2 + 2?", "4", "And 3 + 3?", "6, of course"]
-    last = strategy_for(manager, tok, {"train_on_eos": "last"}).tokenize_batch(batch)
+    last = strategy_for(manager, tok, {"train_on_eos": "last"}).process_batch(batch)
     assert trained_pieces(tok, last["input_ids"][0], last["labels"][0]) == ["4", "6, of course<|im_end|>"]
-    every = strategy_for(manager, tok, {"train_on_eos": "all"}).tokenize_batch(batch)
+    every = strategy_for(manager, tok, {"train_on_eos": "all"}).process_batch(batch)
     pieces = trained_pieces(tok, every["input_ids"][0], every["labels"][0])
     assert pieces == ["<|im_end|>", "<|im_end|>", "4<|im_end|>", "<|im_end|>", "6, of course<|im_end|>"]
 
 
 def test_train_on_inputs_trains_everything(manager, tok):
-    out = strategy_for(manager, tok, {}, train_on_inputs=True).tokenize_batch({"messages": [CONVERSATION]})
+    out = strategy_for(manager, tok, {}, train_on_inputs=True).process_batch({"messages": [CONVERSATION]})
     assert out["labels"][0] == out["input_ids"][0]
 
 
@@ -85,21 +85,21 @@ def test_sharegpt_layout_with_mappings_and_default_roles(manager, tok):
         tok,
         {"field_messages": "conversations", "message_property_mappings": {"role": "from", "content": "value"}},
     )
-    out = explicit.tokenize_batch({"conversations": [sharegpt]})
+    out = explicit.process_batch({"conversations": [sharegpt]})
     text = tok.decode(out["input_ids"][0])
     assert text == "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
     assert trained_pieces(tok, out["input_ids"][0], out["labels"][0]) == ["Hello!<|im_end|>"]
-    detected = strategy_for(manager, tok, {"field_messages": "conversations"}).tokenize_batch({"conversations": [sharegpt]})
+    detected = strategy_for(manager, tok, {"field_messages": "conversations"}).process_batch({"conversations": [sharegpt]})
     assert detected == out
     dropped = strategy_for(manager, tok, {"field_messages": "conversations", "drop_system_message": True})
-    text = tok.decode(dropped.tokenize_batch({"conversations": [sharegpt]})["input_ids"][0])
+    text = tok.decode(dropped.process_batch({"conversations": [sharegpt]})["input_ids"][0])
     assert "system" not in text and text.startswith("<|im_start|>user\nHi")
 
 
 def test_custom_roles_mapping(manager, tok):
     strategy = strategy_for(manager, tok, {"roles": {"user": ["customer"], "assistant": ["agent"]}})
     rows = {"messages": [[{"role": "customer", "content": "Refund?"}, {"role": "agent", "content": "Done."}]]}
-    out = strategy.tokenize_batch(rows)
+    out = strategy.process_batch(rows)
     assert tok.decode(out["input_ids"][0]).startswith("<|im_start|>user\nRefund?")
     assert trained_pieces(tok, out["input_ids"][0], out["labels"][0]) == ["Done.<|im_end|>"]
 
@@ -108,7 +108,7 @@ def test_per_dataset_template_and_a_trimming_template(manager, tok):
     """llama3 trims contents, so spans are found by searching the real render; labels still exact."""
     strategy = strategy_for(manager, tok, {"chat_template": "llama3"})
     conversation = [{"role": "user", "content": "  padded question \n"}, {"role": "assistant", "content": " answer \n"}]
-    out = strategy.tokenize_batch({"messages": [conversation]})
+    out = strategy.process_batch({"messages": [conversation]})
     ids = out["input_ids"][0]
     assert ids == tok.apply_chat_template(
         conversation, tokenize=True, return_dict=False, chat_template=BUILTIN_CHAT_TEMPLATES["llama3"]
@@ -117,13 +117,13 @@ def test_per_dataset_template_and_a_trimming_template(manager, tok):
     jinja = strategy_for(
         manager, tok, {"chat_template": "jinja", "chat_template_jinja": "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"}
     )
-    out = jinja.tokenize_batch({"messages": [conversation]})
+    out = jinja.process_batch({"messages": [conversation]})
     assert tok.decode(out["input_ids"][0]) == "[user]   padded question \n\n[assistant]  answer \n\n"
     assert trained_pieces(tok, out["input_ids"][0], out["labels"][0]) == [" answer \n"]
 
 
 def test_top_level_template_is_used_when_the_dataset_sets_none(manager, tok):
-    out = strategy_for(manager, tok, {}, chat_template="phi_3").tokenize_batch({"messages": [CONVERSATION[1:3]]})
+    out = strategy_for(manager, tok, {}, chat_template="phi_3").process_batch({"messages": [CONVERSATION[1:3]]})
     assert tok.decode(out["input_ids"][0]) == "<|user|>\nWhat is 2 + 2?<|end|>\n<|assistant|>\n4<|end|>\n"
 
 
@@ -133,7 +133,7 @@ def test_rendering_is_once_per_conversation(manager, tok, monkeypatch):
     original = strategy.renderer.compiled.render
     monkeypatch.setattr(strategy.renderer, "compiled", type("C", (), {"render": lambda self, **kw: calls.append(1) or original(**kw)})())
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(40)]
-    out = strategy.tokenize_batch({"messages": [turns, turns[:10]]})
+    out = strategy.process_batch({"messages": [turns, turns[:10]]})
     assert len(calls) == 2
     assert len(trained_pieces(tok, out["input_ids"][0], out["labels"][0])) == 20
 
@@ -141,13 +141,13 @@ def test_rendering_is_once_per_conversation(manager, tok, monkeypatch):
 def test_bad_rows_name_the_row_and_field(manager, tok):
     strategy = strategy_for(manager, tok, {})
     with pytest.raises(RowError) as err:
-        strategy.tokenize_batch({"messages": [CONVERSATION, "not a list"]})
+        strategy.process_batch({"messages": [CONVERSATION, "not a list"]})
     assert err.value.row == 1 and err.value.field == "messages"
     with pytest.raises(RowError) as err:
-        strategy.tokenize_batch({"messages": [[{"role": "user", "text": "hi"}]]})
+        strategy.process_batch({"messages": [[{"role": "user", "text": "hi"}]]})
     assert "content" in str(err.value) and "text" in str(err.value)
     with pytest.raises(RowError) as err:
-        strategy.tokenize_batch({"conversation": [CONVERSATION]})
+        strategy.process_batch({"conversation": [CONVERSATION]})
     assert err.value.field == "messages" and "conversation" in str(err.value)
 
 
@@ -190,13 +190,13 @@ def test_tokenizers_without_char_maps_label_the_same(manager, tok):
     slow = strategy_for(manager, tok, {"train_on_eos": "all"})
     slow.labeler.use_offsets = False
     batch = {"messages": [CONVERSATION, CONVERSATION[1:3]]}
-    assert slow.tokenize_batch(batch) == fast.tokenize_batch(batch)
+    assert slow.process_batch(batch) == fast.process_batch(batch)
 
 
 def test_template_errors_are_row_errors(manager, tok):
     strategy = strategy_for(manager, tok, {"chat_template": "llama2"})
     with pytest.raises(RowError, match="knows the roles") as err:
-        strategy.tokenize_batch({"messages": [CONVERSATION, [{"role": "tool", "content": "42"}]]})
+        strategy.process_batch({"messages": [CONVERSATION, [{"role": "tool", "content": "42"}]]})
     assert err.value.row == 1
 
 
@@ -205,16 +205,16 @@ def test_end_of_turn_after_a_space_is_trained(manager, tok):
 
     (The byte-level BPE merges the space before the answer into its first token, which is trained.)"""
     strategy = strategy_for(manager, tok, {"chat_template": "llama2"})
-    out = strategy.tokenize_batch({"messages": [CONVERSATION]})
+    out = strategy.process_batch({"messages": [CONVERSATION]})
     pieces = trained_pieces(tok, out["input_ids"][0], out["labels"][0])
     assert pieces == [" 4", tok.eos_token, " 6, of course", tok.eos_token]
 
 
 def test_eot_tokens_choose_which_token_ends_a_turn(manager, tok):
     batch = {"messages": [CONVERSATION]}
-    named = strategy_for(manager, tok, {}, eot_tokens=["<|im_end|>"]).tokenize_batch(batch)
+    named = strategy_for(manager, tok, {}, eot_tokens=["<|im_end|>"]).process_batch(batch)
     assert trained_pieces(tok, named["input_ids"][0], named["labels"][0]) == ["4<|im_end|>", "6, of course<|im_end|>"]
-    other = strategy_for(manager, tok, {}, eot_tokens=["<|eot_id|>"]).tokenize_batch(batch)
+    other = strategy_for(manager, tok, {}, eot_tokens=["<|eot_id|>"]).process_batch(batch)
     assert trained_pieces(tok, other["input_ids"][0], other["labels"][0]) == ["4", "6, of course"]
     with pytest.raises(ConfigError, match="eot_tokens: 'not one token'"):
         strategy_for(manager, tok, {}, eot_tokens=["not one token"])

@@ -32,7 +32,7 @@ ROWS = {
 
 def test_alpaca_trains_only_the_output_and_eos(manager, tok):
     strategy = strategy_for(manager, tok, {"path": "d.jsonl", "type": "alpaca"})
-    out = strategy.tokenize_batch(ROWS)
+    out = strategy.process_batch(ROWS)
     assert len(out["input_ids"]) == 2
     for ids, labels, output in zip(out["input_ids"], out["labels"], ROWS["output"]):
         assert len(ids) == len(labels)
@@ -47,37 +47,37 @@ def test_alpaca_trains_only_the_output_and_eos(manager, tok):
 
 def test_train_on_inputs_top_level_and_per_dataset(manager, tok):
     everything = strategy_for(manager, tok, {"path": "d.jsonl", "type": "alpaca"}, train_on_inputs=True)
-    out = everything.tokenize_batch(ROWS)
+    out = everything.process_batch(ROWS)
     assert out["labels"] == out["input_ids"]
     overridden = strategy_for(
         manager, tok, {"path": "d.jsonl", "type": "alpaca", "train_on_inputs": False}, train_on_inputs=True
     )
-    out = overridden.tokenize_batch(ROWS)
+    out = overridden.process_batch(ROWS)
     assert trained_text(tok, out["input_ids"][0], out["labels"][0]) == "5" + tok.eos_token
     per_dataset = strategy_for(manager, tok, {"path": "d.jsonl", "type": "alpaca", "train_on_inputs": True})
-    out = per_dataset.tokenize_batch(ROWS)
+    out = per_dataset.process_batch(ROWS)
     assert out["labels"] == out["input_ids"]
 
 
 def test_alpaca_variants_use_their_own_prompts(manager, tok):
-    chat = strategy_for(manager, tok, {"path": "d.jsonl", "type": "alpaca:chat"}).tokenize_batch(ROWS)
+    chat = strategy_for(manager, tok, {"path": "d.jsonl", "type": "alpaca:chat"}).process_batch(ROWS)
     assert tok.decode(chat["input_ids"][1]).startswith("USER: Say hello\nASSISTANT: Hello there")
     assert trained_text(tok, chat["input_ids"][1], chat["labels"][1]) == "Hello there" + tok.eos_token
-    phi = strategy_for(manager, tok, {"path": "d.jsonl", "type": "alpaca:phi"}).tokenize_batch(ROWS)
+    phi = strategy_for(manager, tok, {"path": "d.jsonl", "type": "alpaca:phi"}).process_batch(ROWS)
     assert tok.decode(phi["input_ids"][0]).startswith("<|user|>\nAdd the numbers\n2 and 3<|end|>\n<|assistant|>\n5")
 
 
 def test_missing_input_column_is_fine_missing_output_is_a_row_error(manager, tok):
     strategy = strategy_for(manager, tok, {"path": "d.jsonl", "type": "alpaca"})
-    out = strategy.tokenize_batch({"instruction": ["Say hi"], "output": ["hi"]})
+    out = strategy.process_batch({"instruction": ["Say hi"], "output": ["hi"]})
     assert trained_text(tok, out["input_ids"][0], out["labels"][0]) == "hi" + tok.eos_token
     with pytest.raises(RowError) as err:
-        strategy.tokenize_batch({"instruction": ["a"], "answer": ["b"]})
+        strategy.process_batch({"instruction": ["a"], "answer": ["b"]})
     assert err.value.field == "output" and "answer" in str(err.value)
     with pytest.raises(RowError) as err:
-        strategy.tokenize_batch({"instruction": ["a", "b"], "output": ["fine", ["a", "list"]]})
+        strategy.process_batch({"instruction": ["a", "b"], "output": ["fine", ["a", "list"]]})
     assert err.value.field == "output" and err.value.row == 1 and "list" in str(err.value)
-    numbers = strategy.tokenize_batch({"instruction": ["a"], "output": [42]})  # CSV columns of numbers
+    numbers = strategy.process_batch({"instruction": ["a"], "output": [42]})  # CSV columns of numbers
     assert trained_text(tok, numbers["input_ids"][0], numbers["labels"][0]) == "42" + tok.eos_token
 
 
@@ -98,18 +98,18 @@ def test_user_defined_format(manager, tok):
         "answer": ["4", "blue"],
         "persona": ["", "You are a painter."],
     }
-    out = strategy.tokenize_batch(rows)
+    out = strategy.process_batch(rows)
     assert tok.decode(out["input_ids"][0]) == "<<Be exact.>>\n[INST] What is 2 + 2? show work [/INST] 4" + tok.eos_token
     assert tok.decode(out["input_ids"][1]) == "<<You are a painter.>>\n[INST] Name a colour [/INST] blue" + tok.eos_token
     assert trained_text(tok, out["input_ids"][1], out["labels"][1]) == "blue" + tok.eos_token
     flipped = strategy_for(manager, tok, {"path": "d.jsonl", "type": spec}, train_on_inputs=True)
-    out = flipped.tokenize_batch(rows)
+    out = flipped.process_batch(rows)
     assert out["labels"] == out["input_ids"]
 
 
 def test_user_defined_without_format_uses_alpaca_and_bad_placeholders_are_config_errors(manager, tok):
     strategy = strategy_for(manager, tok, {"path": "d.jsonl", "type": {"field_instruction": "q", "field_output": "a"}})
-    out = strategy.tokenize_batch({"q": ["Say hi"], "a": ["hi"]})
+    out = strategy.process_batch({"q": ["Say hi"], "a": ["hi"]})
     assert "### Instruction:\nSay hi\n\n### Response:\nhi" in tok.decode(out["input_ids"][0])
     with pytest.raises(ConfigError, match=r"\{question\}"):
         strategy_for(manager, tok, {"path": "d.jsonl", "type": {"format": "Q: {question}"}})

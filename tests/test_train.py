@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 from pydantic import BaseModel, ConfigDict
 
-from gym import hookimpl
+from gym.api import hookimpl
 
 COLOURS = ["red", "green", "blue", "gold"]
 
@@ -62,7 +62,7 @@ def fresh_manager(*plugins):
 
 def run_in_process(write_config, text: str, manager=None, overrides=()):
     from gym.config import load_config
-    from gym.train import train
+    from gym.run import run as train
 
     manager = manager or fresh_manager()
     cfg = load_config(write_config(text), overrides, manager=manager)
@@ -103,7 +103,7 @@ def test_gym_run_alpaca_learns_and_writes_a_loadable_model_card_and_config(write
     assert "| train_steps | 21 |" in card and "eval_loss" in card and "```yaml" in card
     saved = yaml.safe_load((out / "gym_config.yml").read_text())
     assert saved["base_model"] == "builtin:tiny-llama-micro" and saved["micro_batch_size"] == 8
-    assert "trained 21 steps" in result.output and "tokens trained" in result.output
+    assert "trained (sft) 21 steps" in result.output and "tokens trained" in result.output
 
 
 # ------------------------------------------------------------------------------------------------ hooks
@@ -126,6 +126,10 @@ class Recorder:
         return SecretFragment
 
     @hookimpl
+    def gym_data_settings(self, cfg):
+        self.calls.append("gym_data_settings")
+
+    @hookimpl
     def gym_before_model_load(self, cfg):
         self.calls.append("gym_before_model_load")
 
@@ -144,12 +148,12 @@ class Recorder:
         self.calls.append("gym_wrap_model")
 
     @hookimpl
-    def gym_data_collator(self, cfg, tokenizer, training):
-        self.calls.append(f"gym_data_collator(training={training})")
+    def gym_after_wrap_model(self, cfg, model):
+        self.calls.append("gym_after_wrap_model")
 
     @hookimpl
-    def gym_trainer_class(self, cfg):
-        self.calls.append("gym_trainer_class")
+    def gym_data_collator(self, cfg, tokenizer, training):
+        self.calls.append(f"gym_data_collator(training={training})")
 
     @hookimpl
     def gym_training_arguments(self, cfg):
@@ -157,9 +161,9 @@ class Recorder:
         return {"logging_steps": 1}
 
     @hookimpl
-    def gym_trainer_kwargs(self, cfg, model, tokenizer):
-        self.calls.append("gym_trainer_kwargs")
-        return {}
+    def gym_model_card(self, cfg, model):
+        self.calls.append("gym_model_card")
+        return {"tags": ["recorded"], "sections": ["## Recorder\n\nThe recorder was here."]}
 
     @hookimpl
     def gym_callbacks(self, cfg):
@@ -190,19 +194,22 @@ def test_every_hook_is_called_in_order_and_acts(write_config, tmp_path):
     cfg, result = run_in_process(write_config, text, manager)
 
     assert recorder.calls == [
-        "gym_before_model_load",
+        "gym_data_settings",  # data
+        "gym_training_arguments",  # trainer arguments, before the model exists
+        "gym_before_model_load",  # model
         "gym_model_load_kwargs",
         "gym_after_model_load",
         "gym_wrap_model",
-        "gym_data_collator(training=True)",
+        "gym_after_wrap_model",
+        "gym_data_collator(training=True)",  # trainer
         "gym_data_collator(training=False)",
-        "gym_trainer_class",
-        "gym_training_arguments",
-        "gym_trainer_kwargs",
         "gym_callbacks",
-        "on_train_begin",
+        "on_train_begin",  # train
+        "gym_model_card",  # outputs
         "gym_after_train",
     ]
+    card = (Path(result.output_dir) / "README.md").read_text()
+    assert "The recorder was here." in card and "recorded" in card.split("---")[1]
     assert recorder.saw["attn"] == "eager"  # gym_model_load_kwargs replaced gym's default
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "gym_config.yml"} <= set(
         recorder.saw["saved"]
@@ -211,8 +218,11 @@ def test_every_hook_is_called_in_order_and_acts(write_config, tmp_path):
     state = result.trainer.state
     assert state.max_steps == 8 and result.steps == 8
     assert len([e for e in state.log_history if "loss" in e]) == 8  # logging_steps from the hook
-    assert result.tokens_trained > 0
-    assert result.tokens_trained == pytest.approx(result.metrics["tokens_per_second"] * result.seconds, rel=0.01)
+    # every trained label of the 50 training rows, twice (2 epochs); a row's first label is never predicted
+    rows = result.trainer.train_dataset["labels"]
+    per_epoch = sum(sum(1 for label in labels[1:] if label != -100) for labels in rows)
+    assert result.metrics["tokens_trained"] == 2 * per_epoch > 0
+    assert result.metrics["tokens_per_second"] > 0
 
     saved = (tmp_path / "out" / "gym_config.yml").read_text()
     assert "sk-very-secret" not in saved and "recorder_api_key: '***'" in saved
@@ -234,7 +244,7 @@ def test_max_steps_overrides_epochs_and_group_by_length_and_debug_act(write_conf
 
 
 def test_packed_step_count_comes_from_the_packing_plan(write_config, tmp_path):
-    from gym.train import plan_steps
+    from gym.training import plan_steps
 
     text = alpaca_config(tmp_path, "sample_packing: true\nsequence_len: 256\nmicro_batch_size: 2\nnum_epochs: 2\n"
                          "save_strategy: 'no'\n", rows=80)

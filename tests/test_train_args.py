@@ -17,10 +17,10 @@ def load(write_config, extra: str = ""):
 
 
 def args_for(write_config, extra: str = "", rows: int = 1000, has_eval: bool = False):
-    from gym.train import Precision, plan_steps, training_arguments
+    from gym.training import HardwarePrecision, plan_steps, training_arguments
 
     cfg = load(write_config, extra)
-    cpu = Precision(bf16=False, fp16=False, tf32=None, cuda=False)
+    cpu = HardwarePrecision(bf16=False, fp16=False, tf32=None, cuda=False)
     return training_arguments(cfg, plan_steps(cfg, rows, world_size=1), cpu, has_eval)
 
 
@@ -36,7 +36,7 @@ def test_option_lists_match_the_installed_transformers():
 
 
 def test_step_plan_counts_batches_accumulation_and_epochs(write_config):
-    from gym.train import plan_steps
+    from gym.training import plan_steps
 
     cfg = load(write_config, "micro_batch_size: 4\ngradient_accumulation_steps: 3\nnum_epochs: 2.5\n")
     plan = plan_steps(cfg, 50, world_size=1)  # 13 batches -> 5 steps an epoch (the last one short)
@@ -119,7 +119,7 @@ def test_values_gym_cannot_honour_are_rejected_by_validate(write_config, extra, 
 
 
 def test_precision_auto_is_fp32_without_tf32_on_a_cpu(write_config):
-    from gym.train import resolve_precision
+    from gym.training import resolve_precision
 
     precision = resolve_precision(load(write_config, "bf16: auto\nfp16: auto\ntf32: auto\n"))
     assert (precision.bf16, precision.fp16, precision.tf32, precision.cuda) == (False, False, None, False)

@@ -1,1 +1,1 @@
-"""Turning datasets into training rows: loading, tokenizing, lengths, packing, caching."""
+"""The data phase: reading datasets, running strategies, mixing, splitting, caching; and the strategy toolkit."""

@@ -14,10 +14,16 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-# Bump when the layout or the meaning of prepared rows changes (labels, packing, columns).
-DATA_FORMAT_VERSION = 1
+from gym.files import publish
+
+# Bump when the layout or the meaning of prepared rows changes (columns, the report, how the tokenizer is set up).
+DATA_FORMAT_VERSION = 2
+
+# Files in a model folder that never change the tokenizer.
+_NOT_TOKENIZER_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt", ".onnx")
+_NOT_TOKENIZER_NAMES = ("README.md", ".gitattributes", "generation_config.json", "config.json", "gym_builtin.json")
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -41,6 +47,37 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
+def tokenizer_files_fingerprint(cfg: Any) -> str | None:
+    """The tokenizer's part of the cache key from its files and the config keys that change it, without loading
+    it (no torch, no transformers); ``None`` when the tokenizer has no local folder (a hub id)."""
+    from gym import builtin
+    from gym.chat_templates import BUILTIN_CHAT_TEMPLATES
+    from gym.files import hash_file
+
+    name = cfg.tokenizer_config or cfg.base_model
+    if builtin.is_builtin(name):
+        folder = builtin.materialize_model(name)
+    else:
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            return None
+    files = sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and p.name not in _NOT_TOKENIZER_NAMES and not p.name.endswith(_NOT_TOKENIZER_SUFFIXES)
+    )
+    settings = {
+        "files": [[p.name, hash_file(p)] for p in files],
+        "special_tokens": cfg.special_tokens,
+        "tokens": cfg.tokens,
+        "tokenizer_type": cfg.tokenizer_type,
+        "chat_template": cfg.chat_template,
+        "chat_template_text": BUILTIN_CHAT_TEMPLATES.get(cfg.chat_template or ""),
+        "chat_template_jinja": cfg.chat_template_jinja,
+        "revision": cfg.revision_of_model,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def fingerprint_of(parts: dict[str, Any]) -> str:
     text = json.dumps({"gym_data_format": DATA_FORMAT_VERSION, **parts}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -62,13 +99,16 @@ def new_build_dir(root: Path, fingerprint: str) -> Path:
     return path
 
 
-def publish(build_dir: Path, final: Path) -> bool:
-    """Rename the finished build into place; ``False`` (and the build removed) if another process won."""
+def build_and_publish(root: Path, fingerprint: str, build: Callable[[Path], Any], final: Path) -> Any | None:
+    """Run ``build(folder)`` in a fresh temporary folder beside ``final`` and rename it into place.
+
+    Returns what ``build`` returned, or ``None`` when another process published ``final`` first (its copy is
+    kept). A failed build leaves nothing behind.
+    """
+    folder = new_build_dir(root, fingerprint)
     try:
-        os.rename(build_dir, final)
-        return True
-    except OSError:
-        if final.exists():
-            shutil.rmtree(build_dir, ignore_errors=True)
-            return False
+        result = build(folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
         raise
+    return result if publish(folder, final) else None

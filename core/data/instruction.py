@@ -1,4 +1,4 @@
-"""Instruction / response samples (alpaca and user-defined formats): a prompt, then the trained response and EOS."""
+"""Strategy toolkit: instruction / response samples, a prompt (from a format), then the trained response and EOS."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class InstructionStrategy:
         self.prompt = prompt
         self.train_inputs = train_on_inputs_for(cfg, dataset)
 
-    def tokenize_batch(self, rows: dict[str, list]) -> dict[str, list]:
+    def process_batch(self, rows: dict[str, list]) -> dict[str, list]:
         p = self.prompt
         instructions = column(rows, p.field_instruction)
         outputs = column(rows, p.field_output)

@@ -8,12 +8,12 @@ in the local cache and cannot be downloaded is a :class:`DataError` that says so
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 from pathlib import Path
 from typing import Any, Iterator
 
 from gym.errors import DataError
+from gym.files import hash_file
+from gym.hub import COMPRESSION_EXTENSIONS, hub_offline, hub_reachable, looks_like_local_path
 
 _FORMATS = {
     ".json": "json",
@@ -25,7 +25,6 @@ _FORMATS = {
     ".arrow": "arrow",
     ".txt": "text",
 }
-_COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 
 
 def data_format(path: Path, ds_type: str | None) -> str | None:
@@ -33,16 +32,9 @@ def data_format(path: Path, ds_type: str | None) -> str | None:
     if ds_type:
         return ds_type
     suffixes = [s.lower() for s in path.suffixes]
-    while suffixes and suffixes[-1] in _COMPRESSION:
+    while suffixes and suffixes[-1] in COMPRESSION_EXTENSIONS:
         suffixes.pop()
     return _FORMATS.get(suffixes[-1]) if suffixes else None
-
-
-def _looks_local(path: str) -> bool:
-    """Paths that cannot be hub ids: absolute, ./ ~ prefixed, deeper than owner/name, or with a data extension."""
-    if path.startswith(("/", "./", "../", "~", "\\")) or path.count("/") > 1 or os.sep != "/" and os.sep in path:
-        return True
-    return data_format(Path(path), None) is not None
 
 
 def describe(entry: Any) -> str:
@@ -55,7 +47,7 @@ def describe(entry: Any) -> str:
 
 def resolve_path(entry: Any) -> Path:
     """The local path of an entry; ``builtin:`` datasets are generated into gym's cache first."""
-    from gym.builtin import is_builtin, materialize_dataset
+    from gym.builtin_data import is_builtin, materialize_dataset
 
     if is_builtin(entry.path):
         return Path(materialize_dataset(entry.path))
@@ -71,7 +63,7 @@ def load_entry(entry: Any, num_proc: int | None = None, local_cache_dir: str | N
     path = resolve_path(entry)
     if path.exists():
         dataset = _load_local(entry, path, num_proc, local_cache_dir)
-    elif _looks_local(entry.path):
+    elif looks_like_local_path(entry.path):
         raise DataError(f"dataset {entry.path}: no such file or folder (looked at {path.resolve()})")
     else:
         dataset = _load_hub(entry, num_proc)
@@ -148,23 +140,6 @@ def _guard(entry: Any, load):
         raise DataError(f"dataset {describe(entry)}: cannot be read: {detail}") from None
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub answers at all (a quick TCP connect), unless offline mode is set."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    from urllib.parse import urlparse
-
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def offline_mode() -> Iterator[None]:
     """Make ``datasets`` and ``huggingface_hub`` read only from the local cache for a while."""
@@ -201,46 +176,27 @@ def _load_hub(entry: Any, num_proc: int | None):
         raise DataError(
             f"dataset {entry.path}: no local file or folder has this name, and as a hub dataset it is not in the "
             f"local cache and cannot be downloaded ({'the hub did not answer' if online else 'no connection to the hub'}"
-            f"{'; offline mode' if _offline_env() else ''}). Point `path` at a local file or folder "
+            f"{'; offline mode' if hub_offline() else ''}). Point `path` at a local file or folder "
             "(json, jsonl, csv, parquet, arrow)."
         ) from None
 
 
-def _offline_env() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 # ------------------------------------------------------------------------------------- fingerprints
-
-
-def _hash_file(path: Path) -> str:
-    try:
-        import xxhash
-
-        digest = xxhash.xxh3_128()
-    except ImportError:  # pragma: no cover
-        import hashlib
-
-        digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def content_fingerprint(entry: Any) -> dict[str, Any]:
     """What identifies the data of an entry: the bytes of its local files, or the hub id and revision."""
     path = resolve_path(entry)
     if path.is_file():
-        return {"kind": "file", "size": path.stat().st_size, "hash": _hash_file(path)}
+        return {"kind": "file", "size": path.stat().st_size, "hash": hash_file(path)}
     if path.is_dir():
         files = sorted(
             p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
         return {
             "kind": "folder",
-            "files": [[str(p.relative_to(path)), p.stat().st_size, _hash_file(p)] for p in files],
+            "files": [[str(p.relative_to(path)), p.stat().st_size, hash_file(p)] for p in files],
         }
-    if _looks_local(entry.path):
+    if looks_like_local_path(entry.path):
         raise DataError(f"dataset {entry.path}: no such file or folder (looked at {path.resolve()})")
     return {"kind": "hub", "id": entry.path, "revision": entry.revision}

@@ -1,4 +1,4 @@
-"""Raw-text samples (completion, pretrain): every token trained, an EOS at the end, long texts cut in pieces."""
+"""Strategy toolkit: raw-text samples, every token trained, an EOS at the end, long texts cut in pieces."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class TextStrategy:
         self.field = field
         self.piece_len = cfg.sequence_len
 
-    def tokenize_batch(self, rows: dict[str, list]) -> dict[str, list]:
+    def process_batch(self, rows: dict[str, list]) -> dict[str, list]:
         texts = column(rows, self.field, "text field (set `field`)")
         samples = [((text_at(texts, i, self.field),  True),) for i in range(len(texts))]
         encoded = self.encoder.encode(samples, eos=[True] * len(samples))

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-IGNORE_INDEX = -100
+from gym.api import IGNORE_INDEX
 
 
-class GymCollator:
-    """``GymCollator(pad_token_id, packed, pad_to)(rows) -> {input_ids, labels, attention_mask | position_ids}``.
+class SupervisedCollator:
+    """``SupervisedCollator(pad_token_id, packed, pad_to)(rows) -> {input_ids, labels, attention_mask | position_ids}``.
 
     ``pad_to`` pads every batch to at least that length (``sequence_len`` with ``pad_to_sequence_len``).
     A ``pad_token_id`` of ``None`` pads with 0: padding is never attended to nor trained.
@@ -27,22 +27,11 @@ class GymCollator:
         self.packed = packed
         self.pad_to = pad_to
 
-    @classmethod
-    def for_config(cls, cfg: Any, tokenizer: Any, training: bool) -> "GymCollator":
-        """The collator for the prepared rows of ``cfg``: packed as ``sample_packing`` / ``eval_sample_packing``
-        say, padded to ``sequence_len`` with ``pad_to_sequence_len``."""
-        if training:
-            packed = bool(cfg.sample_packing)
-        else:
-            packed = bool(cfg.sample_packing if cfg.eval_sample_packing is None else cfg.eval_sample_packing)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return cls(pad_id, packed=packed, pad_to=cfg.sequence_len if cfg.pad_to_sequence_len else None)
-
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         if not rows:
-            raise ValueError("GymCollator got an empty batch")
+            raise ValueError("SupervisedCollator got an empty batch")
         lengths = [len(row["input_ids"]) for row in rows]
         width = max(max(lengths), self.pad_to or 0)
         batch = len(rows)

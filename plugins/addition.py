@@ -1,21 +1,167 @@
-"""Scoring a model's greedy answers on held-out problems of a built-in task (``eval_task: addition``).
+"""The addition plugin: ``builtin:addition``, a generated, learnable task, and ``eval_task: addition``.
 
-The prompts are made by the same dataset strategy that made the training rows (the first ``datasets``
-entry's ``type``): a held-out row is tokenized as in training, the tokens before the first trained token
-are the prompt, and the model's greedy continuation (up to a special token) is compared with the answer.
-So the evaluation sees exactly the prompt format the model was trained on, whatever the strategy.
+``datasets: [{path: builtin:addition}]`` is a deterministic set of problems "What is 12 + 34?" -> "46", with
+options after ``?``: ``builtin:addition?digits=3&rows=5000&seed=1``. Each row carries every common layout at
+once (``instruction`` / ``input`` / ``output`` for alpaca, ``messages`` for chat_template, ``text`` for
+completion), so any of those dataset types reads it. One operand pair in ten is held out: it never appears in
+the training rows.
+
+``eval_task: addition`` scores the model's greedy answers on held-out problems when training starts and ends
+(exact match and per-digit accuracy); the prompts are made by the same dataset strategy that made the
+training rows (the first ``datasets`` entry's ``type``), so the evaluation sees exactly the trained format.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import random
+import tempfile
+import zlib
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator, Literal, Optional
 
-from gym.builtin import PREFIX, AdditionTask, addition_task
-from gym.errors import ConfigError
+from pydantic import Field
 
-IGNORE_INDEX = -100
-TASKS = ("addition",)
+from gym.api import (
+    IGNORE_INDEX,
+    BuiltinDataset,
+    ConfigError,
+    StrictConfig,
+    gym_home,
+    hookimpl,
+    parse_options,
+    publish,
+    say,
+)
+
+NAME = "addition"
+PREFIX = "builtin:"
+ADDITION_OPTIONS = {"digits": (1, 9), "rows": (1, 10_000_000), "seed": (0, 2**31 - 1)}
+
+
+class AdditionSettings(StrictConfig):
+    """Keys of the addition plugin."""
+
+    eval_task: Optional[Literal["addition"]] = Field(
+        None,
+        description="Score the model's greedy answers on held-out problems of a built-in task (addition) "
+        "before and after training; prompts follow the first dataset's type.",
+    )
+    eval_task_samples: int = Field(200, ge=1, le=100_000, description="Held-out problems scored by eval_task.")
+
+
+@hookimpl
+def gym_config_schema():
+    return AdditionSettings
+
+
+@hookimpl
+def gym_builtin_datasets():
+    return [
+        BuiltinDataset(
+            name=NAME,
+            materialize=materialize,
+            check=addition_task,
+            description="addition problems 'What is 12 + 34?' -> '46', operands of `digits` digits (options: "
+            "digits=2, rows=20000, seed=0); columns instruction/input/output, messages and text",
+        )
+    ]
+
+
+@hookimpl
+def gym_callbacks(cfg):
+    if not cfg.eval_task:
+        return None
+    return [make_callback(cfg)]
+
+
+# ------------------------------------------------------------------------------------------- the data
+
+
+@dataclass(frozen=True)
+class AdditionTask:
+    """``a + b`` with operands of exactly ``digits`` digits. One pair in ten is held out for evaluation."""
+
+    digits: int = 2
+    rows: int = 20000
+    seed: int = 0
+
+    VERSION = 2  # bump when the rows change
+
+    @property
+    def smallest(self) -> int:
+        return 10 ** (self.digits - 1) if self.digits > 1 else 0
+
+    @property
+    def largest(self) -> int:
+        return 10**self.digits - 1
+
+    @staticmethod
+    def held_out(a: int, b: int) -> bool:
+        """Whether the pair belongs to the evaluation problems (never in the training rows)."""
+        return zlib.crc32(f"{a}+{b}".encode()) % 10 == 0
+
+    def _pairs(self, rng: random.Random, held_out: bool) -> Iterator[tuple[int, int]]:
+        while True:
+            a, b = rng.randint(self.smallest, self.largest), rng.randint(self.smallest, self.largest)
+            if self.held_out(a, b) == held_out:
+                yield a, b
+
+    def training_rows(self) -> Iterator[dict[str, Any]]:
+        pairs = self._pairs(random.Random(self.seed), held_out=False)
+        for _ in range(self.rows):
+            yield addition_row(*next(pairs))
+
+    def evaluation_rows(self, count: int, seed: int = 1234) -> list[dict[str, Any]]:
+        """``count`` held-out problems (the same ones for the same count and seed)."""
+        pairs = self._pairs(random.Random(seed), held_out=True)
+        return [addition_row(*next(pairs)) for _ in range(count)]
+
+    def file_name(self) -> str:
+        return f"addition-v{self.VERSION}-d{self.digits}-n{self.rows}-s{self.seed}.jsonl"
+
+
+def addition_row(a: int, b: int) -> dict[str, Any]:
+    """One problem in every layout gym's built-in dataset types read."""
+    question = f"What is {a} + {b}?"
+    answer = str(a + b)
+    return {
+        "instruction": question,
+        "input": "",
+        "output": answer,
+        "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+        "text": f"{question} {answer}",
+    }
+
+
+def addition_task(path: str) -> AdditionTask:
+    """The :class:`AdditionTask` a ``builtin:addition?...`` path describes (bad options are a ConfigError)."""
+    return AdditionTask(**parse_options(path, ADDITION_OPTIONS))
+
+
+def materialize(path: str) -> str:
+    """The local jsonl file of a ``builtin:addition?...`` path, generated into the gym cache the first time."""
+    task = addition_task(path)
+    root = gym_home() / "datasets"
+    final = root / task.file_name()
+    if final.is_file():
+        return str(final)
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".addition-", suffix=".jsonl", dir=root)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            for row in task.training_rows():
+                handle.write(json.dumps(row) + "\n")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    publish(Path(tmp), final)
+    return str(final)
+
+
+# ------------------------------------------------------------------------------------------ the score
 
 
 @dataclass
@@ -34,10 +180,8 @@ class TaskScore:
 
 def task_for(cfg: Any) -> tuple[AdditionTask, Any]:
     """The task's generator and the dataset entry whose format the prompts follow."""
-    if cfg.eval_task not in TASKS:
-        raise ConfigError(f"eval_task: unknown task {cfg.eval_task!r} (tasks: {', '.join(TASKS)})")
     for entry in cfg.datasets:
-        if entry.path.startswith(PREFIX + "addition"):
+        if entry.path.startswith(PREFIX + NAME):
             return addition_task(entry.path), entry
     return AdditionTask(), cfg.datasets[0]
 
@@ -55,15 +199,13 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 def build_prompts(cfg: Any, tokenizer: Any, entry: Any, rows: list[dict[str, Any]], manager: Any) -> list[list[int]]:
     """Prompt token ids for ``rows``, made by ``entry``'s strategy with prompts not trained on."""
-    from gym.schema import UserDefinedFormat
+    from gym.api import strategy_of
 
-    strategies = manager.dataset_strategies()
-    type_name = "user_defined" if isinstance(entry.type, UserDefinedFormat) else entry.type
-    strategy, _ = strategies[type_name]
+    strategy, type_name = strategy_of(entry, manager)
     quiet_cfg = cfg.model_copy(update={"train_on_inputs": False})
     quiet_entry = entry.model_copy(update={"train_on_inputs": False})
     builder = strategy.load_builder()(tokenizer=tokenizer, cfg=quiet_cfg, dataset=quiet_entry)
-    out = builder.tokenize_batch(_columns(rows))
+    out = builder.process_batch(_columns(rows))
     if len(out["input_ids"]) != len(rows):
         raise ConfigError(f"eval_task: the {type_name!r} strategy made {len(out['input_ids'])} samples of "
                           f"{len(rows)} problems; use a prompt / answer dataset type (alpaca, chat_template)")
@@ -119,7 +261,7 @@ def greedy_answers(model: Any, tokenizer: Any, prompts: list[list[int]], max_new
 
 def evaluate_task(cfg: Any, model: Any, tokenizer: Any, manager: Any = None) -> TaskScore:
     """Score ``model`` on ``cfg.eval_task_samples`` held-out problems of ``cfg.eval_task``."""
-    from gym.plugin_manager import get_plugin_manager
+    from gym.api import get_plugin_manager
 
     manager = manager or get_plugin_manager()
     task, entry = task_for(cfg)
@@ -131,13 +273,6 @@ def evaluate_task(cfg: Any, model: Any, tokenizer: Any, manager: Any = None) -> 
     digits = sum(digit_accuracy(e, a) for a, e in zip(answers, expected)) / len(rows)
     examples = [(row["instruction"], e, a) for row, e, a in list(zip(rows, expected, answers))[:3]]
     return TaskScore(cfg.eval_task, len(rows), exact, digits, examples)
-
-
-def _say(line: str) -> None:
-    """Print a line without breaking a progress bar that is still on screen."""
-    from tqdm.auto import tqdm
-
-    tqdm.write(f"[gym] {line}")
 
 
 def make_callback(cfg: Any):
@@ -160,15 +295,15 @@ def make_callback(cfg: Any):
             self.before = self._score(state, model, processing_class)
             if self.before is not None:
                 when = "at the start" if state.global_step else "before training"
-                _say(f"{cfg.eval_task} on {self.before.problems} held-out problems {when}: {self.before.describe()}")
+                say(f"{cfg.eval_task} on {self.before.problems} held-out problems {when}: {self.before.describe()}")
 
         def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
             self.after = self._score(state, model, processing_class)
             if self.after is None:
                 return
-            _say(f"{cfg.eval_task} on {self.after.problems} held-out problems after training: {self.after.describe()}")
+            say(f"{cfg.eval_task} on {self.after.problems} held-out problems after training: {self.after.describe()}")
             for question, want, got in self.after.examples:
-                _say(f"  {question} -> {got!r} (expected {want})")
+                say(f"  {question} -> {got!r} (expected {want})")
             name = cfg.eval_task
             self.gym_metrics = {f"{name}_exact_match": self.after.exact_match,
                                 f"{name}_digit_accuracy": self.after.digit_accuracy}
