@@ -5,7 +5,7 @@
     python bench/gpu_train.py --smoke         # anywhere: the whole path on the CPU with a tiny model, 3 steps
 
 The model is built from a ``LlamaConfig`` (hidden 1024, 28 layers, 16 heads, 8 kv heads, MLP 4096,
-vocabulary 32000: 0.51 B parameters), saved once with random weights, and loaded by ``gym.train.train``
+vocabulary 32000: 0.51 B parameters), saved once with random weights, and loaded by ``gym.run.run``
 in one fresh process per run:
 
 - ``sdpa-pack``: ``attn_implementation: sdpa``, ``sample_packing: true``;
@@ -232,11 +232,11 @@ def main() -> None:
         print(f"FLOPs per trained token at a mean sample length of 300: "
               f"{flops_per_token(matmul, size, 300) / 1e9:.2f} GFLOP")
         try:
-            import gym.train  # noqa: F401
+            import gym.run  # noqa: F401
 
-            print("gym.train: importable")
+            print("gym.run: importable")
         except ImportError as exc:
-            print(f"gym.train: NOT importable ({exc})")
+            print(f"gym.run: NOT importable ({exc})")
         print("dry run: nothing trained")
         return
     if not has_cuda and not opts.smoke:

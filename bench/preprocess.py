@@ -1,4 +1,4 @@
-"""Preprocessing speed and memory: gym's ``prepare_datasets`` against the fast tokenizer's batch call alone.
+"""Preprocessing speed and memory: gym's ``prepare_data`` against the fast tokenizer's batch call alone.
 
     python bench/preprocess.py                      # alpaca 10k, alpaca 100k, chat 10k
     python bench/preprocess.py --cases alpaca:10000 --repeat 3

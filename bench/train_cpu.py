@@ -9,7 +9,7 @@ One random Llama-style model of a few million parameters (``gym.tiny.build_model
 generated alpaca rows (``bench/datagen.py``), with rows longer than ``sequence_len`` left out beforehand so
 that neither program drops nor truncates anything. Each run is a fresh process:
 
-- ``gym-pad`` / ``gym-pack``: ``gym.train.train(cfg)`` with ``sample_packing`` false / true;
+- ``gym-pad`` / ``gym-pack``: ``gym.run.run(cfg)`` with ``sample_packing`` false / true;
 - ``trl-pad`` / ``trl-pack``: ``trl.SFTTrainer`` on the same rows as prompt / completion pairs with
   ``packing`` false / true (TRL's default best-fit-decreasing packing), everything else set alike: fp32,
   AdamW (torch), constant learning rate, no gradient checkpointing, no evaluation, no checkpoints.

@@ -10,7 +10,8 @@ them imports torch until it is called.
 
 Groups:
 
-- **hooks and config**: ``hookimpl``, ``StrictConfig`` (base of a config fragment), ``CoreConfig`` (the
+- **hooks and config**: ``hookimpl``, ``StrictConfig`` (base of a config fragment) and ``Field`` (pydantic's,
+  to describe a key), ``CoreConfig`` (the
   type of ``cfg``), ``DatasetConfig``, ``ConfigProblem``, ``strategy_of`` (a dataset entry's strategy),
   ``get_plugin_manager``;
 - **errors**: ``GymError``, ``ConfigError``, ``DataError``, ``ModelError``, ``PluginError``, ``RowError``;
@@ -35,6 +36,7 @@ from gym.hookspecs import hookimpl
 _EXPORTS: dict[str, str] = {
     # hooks and config
     "StrictConfig": "gym.schema",
+    "Field": "pydantic",
     "CoreConfig": "gym.schema",
     "DatasetConfig": "gym.schema",
     "ConfigProblem": "gym.config",
@@ -134,4 +136,5 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
     from gym.output import is_main_process, say
     from gym.run import run
     from gym.schema import CoreConfig, DatasetConfig, StrictConfig
+    from pydantic import Field
     from gym.training import resolve_precision

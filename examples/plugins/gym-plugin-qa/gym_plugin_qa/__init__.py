@@ -1,4 +1,4 @@
-"""Example third-party plugin for gym.
+"""Example third-party plugin for gym, written only against ``gym.api``.
 
 It contributes one top-level config key, ``qa_answer_prefix``, and one dataset strategy, ``type: qa``, for
 rows with a question and an answer column::
@@ -16,28 +16,29 @@ the end-of-sequence token are.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from gym.api import ConfigProblem, DatasetStrategy, StrictConfig, hookimpl
+from gym.api import SegmentEncoder, column, text_at, train_on_inputs_for  # the strategy toolkit
 
-from gym import hookimpl
-from gym.config import ConfigProblem
-from gym.datasets_api import DatasetStrategy, RowError
+# Strict (unknown keys are errors), and each field's docstring is its description in `gym config schema`.
+DOCUMENTED = {**StrictConfig.model_config, "use_attribute_docstrings": True}
 
 
-class QAConfig(BaseModel):
+class QAConfig(StrictConfig):
     """Top-level keys this plugin adds."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = DOCUMENTED
+    qa_answer_prefix: str = "A:"
+    """Text written between the question and the answer."""
 
-    qa_answer_prefix: str = Field("A:", description="Text written between the question and the answer.")
 
+class QAOptions(StrictConfig):
+    """Keys a ``type: qa`` dataset entry accepts."""
 
-class QAOptions(BaseModel):
-    """Keys a `type: qa` dataset entry accepts."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    qa_question_field: str = Field("question", description="Column holding the question.")
-    qa_answer_field: str = Field("answer", description="Column holding the answer.")
+    model_config = DOCUMENTED
+    qa_question_field: str = "question"
+    """Column holding the question."""
+    qa_answer_field: str = "answer"
+    """Column holding the answer."""
 
 
 @hookimpl
@@ -47,44 +48,30 @@ def gym_config_schema():
 
 @hookimpl
 def gym_validate_config(cfg):
-    if cfg.qa_answer_prefix.strip() == "":
+    if not cfg.qa_answer_prefix.strip():
         return [ConfigProblem("qa_answer_prefix", "must not be blank")]
     return None
 
 
 @hookimpl
 def gym_dataset_strategies():
-    return [
-        DatasetStrategy(
-            name="qa",
-            builder="gym_plugin_qa:QATokenizer",
-            options=QAOptions,
-            description="question / answer rows",
-        )
-    ]
+    return [DatasetStrategy("qa", f"{__name__}:QAStrategy", options=QAOptions, description="question / answer rows")]
 
 
-class QATokenizer:
-    """Turns ``{question, answer}`` rows into ``input_ids`` and ``labels`` (prompt masked with -100)."""
+class QAStrategy:
+    """``{question, answer}`` rows -> ``input_ids`` and ``labels`` (the prompt masked with -100)."""
 
     def __init__(self, tokenizer, cfg, dataset):
-        self.tokenizer = tokenizer
+        self.encoder = SegmentEncoder(tokenizer)
         self.prefix = cfg.qa_answer_prefix
-        self.question = dataset.qa_question_field
-        self.answer = dataset.qa_answer_field
-        self.train_on_inputs = cfg.train_on_inputs if dataset.train_on_inputs is None else dataset.train_on_inputs
+        self.question, self.answer = dataset.qa_question_field, dataset.qa_answer_field
+        self.train_prompt = train_on_inputs_for(cfg, dataset)
 
-    def tokenize_batch(self, rows: dict[str, list]) -> dict[str, list]:
-        for column in (self.question, self.answer):
-            if column not in rows:
-                raise RowError(f"column {column!r} not found (columns: {', '.join(rows)})", field=column)
-        prompts = [f"Q: {q}\n{self.prefix} " for q in rows[self.question]]
-        answers = [str(a) for a in rows[self.answer]]
-        prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        answer_ids = self.tokenizer(answers, add_special_tokens=False)["input_ids"]
-        eos = [self.tokenizer.eos_token_id]
-        input_ids, labels = [], []
-        for p, a in zip(prompt_ids, answer_ids):
-            input_ids.append(p + a + eos)
-            labels.append((p if self.train_on_inputs else [-100] * len(p)) + a + eos)
-        return {"input_ids": input_ids, "labels": labels}
+    def process_batch(self, rows: dict[str, list]) -> dict[str, list]:
+        questions, answers = column(rows, self.question), column(rows, self.answer)
+        samples = [
+            [(f"Q: {text_at(questions, i, self.question)}\n{self.prefix} ", self.train_prompt),
+             (text_at(answers, i, self.answer), True)]
+            for i in range(len(questions))
+        ]
+        return self.encoder.encode(samples, eos=[True] * len(samples))  # the EOS token is trained too
