@@ -441,7 +441,7 @@ def no_effect_notes(cfg: BaseModel) -> list[str]:
     return [
         f"{key}: accepted for compatibility, has no effect ({why})"
         for key, why in NO_EFFECT.items()
-        if key in cfg.model_fields_set and getattr(cfg, key) not in (None, False)
+        if key in cfg.model_fields_set
     ]
 
 

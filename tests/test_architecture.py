@@ -204,6 +204,7 @@ def toy_plugin(tmp_path, monkeypatch):
     sys.modules.pop("toy_preferences_plugin", None)
 
 
+@pytest.mark.slow
 def test_a_plugin_on_the_facade_brings_its_rows_its_trainer_and_a_command(toy_plugin, tmp_path):
     from click.testing import CliRunner
 

@@ -153,3 +153,19 @@ def test_secrets_are_redacted(write_config):
     data = redacted(cfg)
     assert data["special_tokens"] == {"pad_token": "<pad>"}
     assert data["hub_model_id"] == "me/model"
+
+
+def test_keys_that_change_nothing_are_said_at_validate(tmp_path):
+    from click.testing import CliRunner
+
+    from gym.cli import main
+
+    config = tmp_path / "c.yml"
+    config.write_text(
+        "base_model: builtin:tiny-llama-micro\ndatasets:\n  - path: d.jsonl\n    type: alpaca\n"
+        "strict: true\nremove_unused_columns: false\nlocal_rank: 0\n"
+    )
+    result = CliRunner().invoke(main, ["validate", str(config)])
+    assert result.exit_code == 0, result.output
+    for key in ("strict", "remove_unused_columns", "local_rank"):
+        assert f"{key}: accepted for compatibility, has no effect" in result.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -79,6 +81,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes_preparing_at_once_leave_one_valid_cache(tmp_path):
     data, cache = tmp_path / "a.jsonl", tmp_path / "prepared"
     write_rows(data, 3000)

@@ -84,6 +84,7 @@ def test_call_strategy_masks_the_prompt_builtin_and_plugin(qa):
     assert tok.decode(out["input_ids"][0]).startswith("Q: 1?\n=> one")
 
 
+@pytest.mark.slow
 def test_run_config_trains_with_the_plugins_seen_by_every_phase(tmp_path, qa):
     from gym.plugin_manager import get_plugin_manager
 
@@ -140,6 +141,7 @@ def code_lines(path: Path) -> int:
     return len(lines - docstrings)
 
 
+@pytest.mark.slow
 def test_plugins_new_writes_a_package_whose_tests_pass(tmp_path):
     from click.testing import CliRunner
 
@@ -175,6 +177,7 @@ def test_new_plugin_refuses_an_existing_folder_with_a_config_error(tmp_path):
         new_plugin("../escape", tmp_path)
 
 
+@pytest.mark.slow
 def test_example_plugin_is_small_uses_only_the_api_and_its_tests_pass():
     module = QA_PLUGIN_SRC / "gym_plugin_qa" / "__init__.py"
     assert gym_imports(module) == {"gym.api"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 from pathlib import Path
 
@@ -53,6 +55,7 @@ def sample_ids(tokenizer):
     return tokenizer("Add the numbers: 12 + 30 = 42", return_tensors="pt")["input_ids"]
 
 
+@pytest.mark.slow
 def test_lora_run_trains_only_the_adapter_and_saves_it_for_plain_peft(tmp_path, tiny_run_inputs):
     import torch
     from peft import PeftModel
@@ -80,6 +83,7 @@ def test_lora_run_trains_only_the_adapter_and_saves_it_for_plain_peft(tmp_path, 
     torch.testing.assert_close(logits(plain, ids), logits(trained, ids), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_qlora_run_trains_on_a_4bit_base(tmp_path, tiny_run_inputs):
     import bitsandbytes as bnb
     from peft import PeftModel
@@ -99,6 +103,7 @@ def test_qlora_run_trains_on_a_4bit_base(tmp_path, tiny_run_inputs):
     assert loaded.peft_config["default"].r == 8
 
 
+@pytest.mark.slow
 def test_rslora_and_dora_runs_train(tmp_path, tiny_run_inputs):
     from gym.run import run as train
 
@@ -111,6 +116,7 @@ def test_rslora_and_dora_runs_train(tmp_path, tiny_run_inputs):
     assert json.loads((tmp_path / "rslora" / "adapter_config.json").read_text())["use_rslora"] is True
 
 
+@pytest.mark.slow
 def test_a_second_run_continues_from_lora_model_dir(tmp_path, tiny_run_inputs):
     from gym.run import run as train
 

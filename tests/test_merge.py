@@ -40,6 +40,7 @@ def check_merged_matches_adapter(merged_dir: Path, base_dir: Path, adapter_dir: 
     assert (logits(base, ids) - expected).abs().max() > 1e-3, "the adapter changed nothing: a merge would prove nothing"
 
 
+@pytest.mark.slow
 def test_merge_lora_cli_with_dora_new_tokens_and_modules_to_save(tmp_path, tiny_run_inputs):
     from gym.cli import main
     from gym.run import run as train
@@ -60,6 +61,7 @@ def test_merge_lora_cli_with_dora_new_tokens_and_modules_to_save(tmp_path, tiny_
     assert "<|sum|>" in AutoTokenizer.from_pretrained(merged_dir).get_vocab()
 
 
+@pytest.mark.slow
 def test_qlora_merges_into_the_full_precision_base(tmp_path, tiny_run_inputs):
     """With merge_lora: true the run itself merges; the base is loaded in float32, not 4-bit."""
     from gym.run import run as train
@@ -74,6 +76,7 @@ def test_qlora_merges_into_the_full_precision_base(tmp_path, tiny_run_inputs):
     check_merged_matches_adapter(merged_dir, tiny_run_inputs[0], Path(cfg.output_dir))
 
 
+@pytest.mark.slow
 def test_merge_lora_from_another_adapter_folder(tmp_path, tiny_run_inputs):
     from gym.cli import main
     from gym.run import run as train

@@ -82,6 +82,7 @@ def test_digit_accuracy_aligns_from_the_right():
     assert digit_accuracy("58", "") == 0.0
 
 
+@pytest.mark.slow
 def test_quickstart_learns_addition_in_a_shortened_run(tmp_path, installed):
     """The real quickstart config, cut to 120 steps of 32: the loss drops and held-out answers get better."""
     from gym.config import load_config

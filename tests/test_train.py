@@ -72,6 +72,7 @@ def run_in_process(write_config, text: str, manager=None, overrides=()):
 # ------------------------------------------------------------------------------------------ end to end
 
 
+@pytest.mark.slow
 def test_gym_run_alpaca_learns_and_writes_a_loadable_model_card_and_config(write_config, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -261,6 +262,7 @@ def test_packed_step_count_comes_from_the_packing_plan(write_config, tmp_path):
 # ------------------------------------------------------------------------------------------------ resume
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_continues_where_it_stopped(write_config, tmp_path):
     base = alpaca_config(tmp_path, "micro_batch_size: 8\nmax_steps: 4\nsave_steps: 2\nlogging_steps: 1\n")
     _, first = run_in_process(write_config, base)
