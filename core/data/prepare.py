@@ -83,14 +83,39 @@ class DataReport:
         return cls(**data)
 
 
-@dataclass
 class PreparedData:
-    """The prepared rows (``datasets.Dataset``), what happened to the data, and the shape that made them."""
+    """The prepared rows (``datasets.Dataset``, memory-mapped from ``folder`` when first used), what happened to
+    the data, and the shape that made them. A cache hit that only reports (``gym preprocess``) never loads them,
+    nor the ``datasets`` library."""
 
-    train: Any
-    eval: Any | None
-    report: DataReport
-    shape: Any = field(default=None, repr=False)
+    def __init__(self, folder: Path, report: DataReport, shape: Any):
+        self.folder = folder
+        self.report = report
+        self.shape = shape
+        self._loaded: tuple[Any, Any] | None = None
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._loaded is None:
+            import datasets
+
+            try:
+                train = datasets.load_from_disk(str(self.folder / "train"))
+                eval_folder = self.folder / "eval"
+                eval_set = datasets.load_from_disk(str(eval_folder)) if eval_folder.exists() else None
+            except (OSError, ValueError) as exc:
+                raise DataError(
+                    f"the prepared data in {self.folder} cannot be read ({exc}); delete that folder to rebuild it"
+                ) from None
+            self._loaded = (train, eval_set)
+        return self._loaded
+
+    @property
+    def train(self) -> Any:
+        return self._load()[0]
+
+    @property
+    def eval(self) -> Any | None:
+        return self._load()[1]
 
     def summary(self) -> str:
         r = self.report
@@ -321,14 +346,10 @@ def _finish(prepared: PreparedData, started: float) -> PreparedData:
 
 
 def _load_prepared(folder: Path, report: DataReport, method: Any) -> PreparedData:
-    import datasets
-
-    try:
-        train = datasets.load_from_disk(str(folder / "train"))
-        eval_set = datasets.load_from_disk(str(folder / "eval")) if (folder / "eval").exists() else None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"the prepared data in {folder} cannot be read ({exc}); delete that folder to rebuild it") from None
-    return PreparedData(train=train, eval=eval_set, report=report, shape=method.data_shape)
+    for split in ("train", "eval") if report.eval is not None else ("train",):
+        if not (folder / split).is_dir():
+            raise DataError(f"the prepared data in {folder} has no {split} split; delete that folder to rebuild it")
+    return PreparedData(folder, report, method.data_shape)
 
 
 def _build(cfg: Any, tokenizer: Any, manager: Any, method: Any, out: Path) -> DataReport:
