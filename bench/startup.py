@@ -84,9 +84,6 @@ WATCH = set(%r)
 T0 = time.perf_counter()
 FIRST = {}
 
-def _where(frame):
-    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
-
 class _Watch:
     def find_spec(self, name, path=None, target=None):
         if name not in WATCH or name in FIRST:

@@ -60,11 +60,11 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "tiny-llama": BuiltinModel(
         "Llama-style, 4 layers, hidden size 128, 8 heads, 0.7M parameters, random weights; byte-level BPE of "
         "512 tokens with digits split one by one and a chatml template. Learns small tasks in a minute on a CPU.",
-        version=4, heads=8, kv_heads=4,
+        version=5, heads=8, kv_heads=4,
     ),
     "tiny-llama-micro": BuiltinModel(
         "Llama-style, 2 layers, hidden size 32, random weights; the same tokenizer. For tests.",
-        version=3, hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64,
+        version=4, hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64,
     ),
 }
 

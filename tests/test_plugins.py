@@ -12,7 +12,7 @@ from gym.datasets_api import DatasetStrategy
 from gym.errors import PluginError
 from gym.plugin_manager import GymPluginManager
 
-BUILTINS = {"sft", "lora", "quantization", "flash_attention", "alpaca", "chat_template", "completion",
+BUILTINS = {"sft", "lora", "quantization", "flash_attention", "addition", "alpaca", "chat_template", "completion",
             "input_output", "pretrain", "user_defined"}
 
 
@@ -136,3 +136,50 @@ def test_builtin_plugins_do_nothing_unless_asked(write_config):
     assert manager.merged_dict("gym_model_load_kwargs", cfg=cfg) == {}
     sentinel = object()
     assert manager.hook.gym_wrap_model(cfg=cfg, model=sentinel) is None
+
+
+def test_hooks_go_through_pluggy_so_wrappers_work_and_results_stay_attributed():
+    """A wrapper=True implementation wraps the call (it used to come back as a raw generator)."""
+    manager = loaded({"GYM_PLUGINS": "lora"})
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def gym_training_arguments(self, cfg):
+            results = yield
+            return [*results, {"report_to": ["wrapped"]}]
+
+    class Tracker:
+        @hookimpl
+        def gym_training_arguments(self, cfg):
+            return {"report_to": ["tensorboard"], "logging_steps": 5}
+
+    class OtherTracker:
+        @hookimpl
+        def gym_training_arguments(self, cfg):
+            return {"report_to": ["wandb"], "logging_steps": 7}
+
+    manager.register(Tracker(), "tracker")
+    manager.register(Wrapper(), "wrapper")
+    results = manager.call("gym_training_arguments", cfg=None)
+    assert {"report_to": ["wrapped"]} in results and all(not hasattr(r, "send") for r in results)
+    # lists from two plugins combine; a scalar two plugins disagree on is an error naming both
+    manager.register(OtherTracker(), "other")
+    with pytest.raises(PluginError) as info:
+        manager.merged_dict("gym_training_arguments", cfg=None)
+    assert "logging_steps" in str(info.value) and "'tracker'" in str(info.value) and "'other'" in str(info.value)
+
+
+def test_merged_lists_concatenate_across_plugins():
+    manager = loaded({"GYM_PLUGINS": "lora"})
+    for name, tracker in (("tb", "tensorboard"), ("wb", "wandb")):
+        manager.register(plugin_module(name, gym_training_arguments=lambda cfg, t=tracker: {"report_to": [t]}), name)
+    merged = manager.merged_dict("gym_training_arguments", base={"report_to": ["none"]}, cfg=None)
+    assert sorted(merged["report_to"]) == ["tensorboard", "wandb"]  # plugins replace the base, then combine
+
+
+def test_third_party_plugins_register_after_builtins_whatever_their_names(qa_plugin):
+    manager = loaded()
+    order = list(manager.infos)
+    assert order.index("qa") > max(order.index(name) for name in BUILTINS)
+    builtins = [name for name in order if manager.infos[name].builtin]
+    assert builtins == sorted(builtins)
