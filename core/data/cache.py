@@ -71,11 +71,22 @@ def tokenizer_files_fingerprint(cfg: Any) -> str | None:
         "tokens": cfg.tokens,
         "tokenizer_type": cfg.tokenizer_type,
         "chat_template": cfg.chat_template,
-        "chat_template_text": BUILTIN_CHAT_TEMPLATES.get(cfg.chat_template or ""),
+        "chat_template_text": BUILTIN_CHAT_TEMPLATES.get((cfg.chat_template or "").rpartition("fallback_")[2]),
+        "trust_remote_code": cfg.trust_remote_code,
+        "transformers": _major_version("transformers"),
         "chat_template_jinja": cfg.chat_template_jinja,
         "revision": cfg.revision_of_model,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _major_version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution).split(".")[0]
+    except PackageNotFoundError:
+        return None
 
 
 def fingerprint_of(parts: dict[str, Any]) -> str:
