@@ -248,3 +248,46 @@ def test_a_strategy_for_another_method_is_a_config_error_naming_the_dataset(toy_
     with pytest.raises(ConfigError) as info:
         load_config(config, manager=toy_plugin)
     assert "datasets.1.type" in str(info.value) and "toy_preferences" in str(info.value) and "(sft)" in str(info.value)
+
+
+def test_a_launch_plugin_decides_how_gym_run_starts_and_its_status_is_the_exit_code(tmp_path, monkeypatch):
+    """``gym_launch`` answering an exit status means "I started the processes": this one trains nothing."""
+    from click.testing import CliRunner
+
+    from gym.api import hookimpl
+    from gym.cli import main
+    from gym.plugin_manager import GymPluginManager, set_plugin_manager
+
+    seen = {}
+
+    class Launcher:
+        @hookimpl
+        def gym_launch(self, cfg, argv):
+            seen["argv"], seen["output_dir"] = argv, cfg.output_dir
+            return 3
+
+    manager = GymPluginManager()
+    manager.load_entry_points(environ={"GYM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    manager.register(Launcher(), "launcher")
+    set_plugin_manager(manager)
+    try:
+        config = tmp_path / "c.yml"
+        config.write_text("base_model: builtin:tiny-llama-micro\ndatasets:\n  - path: builtin:addition\n    type: alpaca\n"
+                          f"output_dir: {tmp_path / 'out'}\n")
+        monkeypatch.setattr("sys.argv", ["gym", "run", str(config), "seed=7"])
+        result = CliRunner().invoke(main, ["run", str(config), "seed=7"])
+    finally:
+        set_plugin_manager(None)
+    assert result.exit_code == 3 and seen["argv"] == ["run", str(config), "seed=7"]
+    assert not (tmp_path / "out").exists()  # nothing trained here
+
+
+def test_only_the_main_process_prints(monkeypatch, capsys):
+    from gym.output import is_main_process, say
+
+    monkeypatch.setenv("RANK", "1")
+    say("from a worker")
+    assert not is_main_process() and capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    say("from the main process")
+    assert is_main_process() and "[gym] from the main process" in capsys.readouterr().out

@@ -12,11 +12,12 @@ from __future__ import annotations
 import uuid
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from gym.api import IGNORE_INDEX, DataError, DataShape, SourceCounts
+
+if TYPE_CHECKING:
+    import numpy as np
 
 COLUMNS = ("input_ids", "labels")
 PACKED_COLUMNS = ("input_ids", "labels", "position_ids")
@@ -104,6 +105,8 @@ class SupervisedRows(DataShape):
         return _features() if tuple(columns) == COLUMNS else None
 
     def samples(self, dataset: Any, counts: SourceCounts, work: Path) -> Any:
+        import numpy as np
+
         checked = dataset.map(
             LengthRules(self.sequence_len, self.truncate, self.min_len, f"dataset {counts.path} ({counts.type})"),
             batched=True,
@@ -165,6 +168,8 @@ class SupervisedRows(DataShape):
 
 def _flat(dataset: Any, column: str) -> tuple[np.ndarray, np.ndarray]:
     """(offsets from 0, flat values) of a list column, with the dataset's row selection applied."""
+    import numpy as np
+
     table = dataset.with_format("arrow")[:]
     array = table.column(column).combine_chunks()
     offsets = array.offsets.to_numpy().astype(np.int64)
@@ -185,6 +190,7 @@ def token_counts(dataset: Any) -> tuple[int, int]:
 
 
 def _lengths(dataset: Any) -> np.ndarray:
+    import numpy as np
     import pyarrow.compute as pc
 
     parts = [
@@ -200,6 +206,7 @@ def packed_dataset(dataset: Any, capacity: int, path: Path) -> tuple[Any, float]
     Only one chunk's packed rows are ever in memory, so memory does not grow with the dataset.
     """
     import datasets
+    import numpy as np
     import pyarrow as pa
     from datasets.arrow_writer import ArrowWriter
 
