@@ -117,3 +117,40 @@ def test_publish_keeps_the_first_complete_build(tmp_path):
     assert publish(first, final) is True
     assert publish(second, final) is False
     assert (final / "report.json").read_text() == "first" and not second.exists()
+
+
+def test_a_strategy_key_that_changes_rows_changes_the_cache_key(manager, tok, tmp_path):
+    """``eot_tokens`` (the chat_template strategy's key) decides which end-of-turn tokens are trained: two configs
+    that differ only in it must not share a cache entry (they once did)."""
+    data, cache = tmp_path / "chat.jsonl", tmp_path / "prepared"
+    rows = [{"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"yo {i}"}]}
+            for i in range(12)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def cfg(**top):
+        base = {"base_model": "tiny", "datasets": [{"path": str(data), "type": "chat_template"}],
+                "dataset_prepared_path": str(cache), "chat_template": "chatml"}
+        return manager.schema().model.model_validate({**base, **top})
+
+    plain = prepare_data(cfg(), tok, manager=manager)
+    with_eot = prepare_data(cfg(eot_tokens=["<|endoftext|>"]), tok, manager=manager)
+    assert with_eot.report.cache == "miss" and with_eot.report.fingerprint != plain.report.fingerprint
+    assert with_eot.train["labels"] != plain.train["labels"]  # the rows differ, so a shared entry was wrong
+
+
+def test_a_warm_cache_is_read_without_importing_torch_or_loading_the_tokenizer(tmp_path):
+    """``gym preprocess`` on a cache hit needs neither torch nor the tokenizer: the key hashes the tokenizer's files."""
+    config = tmp_path / "c.yml"
+    config.write_text(
+        "base_model: builtin:tiny-llama-micro\ndatasets:\n  - path: builtin:addition?rows=200\n    type: alpaca\n"
+        f"dataset_prepared_path: {tmp_path / 'prepared'}\n"
+    )
+    check = (
+        "import sys\nfrom gym.cli import main\nsys.argv = ['gym', 'preprocess', sys.argv[1]]\n"
+        "try:\n    main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', 'DATASETS' if 'datasets' in sys.modules else '')\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", check, str(config)], capture_output=True, text=True) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr[-2000:]
+    assert "cache: miss" in runs[0].stdout and "cache: hit" in runs[1].stdout
+    assert runs[1].stdout.strip().splitlines()[-1].strip() == "NO-TORCH"
