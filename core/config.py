@@ -302,6 +302,13 @@ def validate_config(raw: RawConfig, manager, notes: list[str] | None = None) -> 
     ask for nothing (``wandb_project:`` left empty, ``xformers_attention: false``) are removed and
     described in ``notes``, so the caller can show them; everything else must validate.
     """
+    from gym.plugin_manager import using_plugin_manager
+
+    with using_plugin_manager(manager):  # hooks that ask for the manager get the one validating
+        return _validate(raw, manager, notes)
+
+
+def _validate(raw: RawConfig, manager, notes: list[str] | None) -> BaseModel:
     schema = manager.schema()
     data = dict(raw.data)
     problems = compat.check_keys(data, schema, raw, notes if notes is not None else [])
@@ -319,6 +326,8 @@ def validate_config(raw: RawConfig, manager, notes: list[str] | None = None) -> 
                 problems.append(
                     ConfigProblem(problem.field, problem.message, raw.line_of(problem.field), problem.plugin or plugin_name)
                 )
+        if not problems and manager.call("gym_training_method", cfg=cfg) is None:
+            problems.append(ConfigProblem("", "no installed plugin offers a training method for this config"))
     if problems:
         problems.sort(key=lambda p: (p.line if p.line is not None else 10**9, p.field))
         raise ConfigError(
@@ -378,7 +387,7 @@ def dataset_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
     from gym.builtin_data import builtin_problem
 
     strategies = manager.dataset_strategies()
-    method = None
+    method = manager.call("gym_training_method", cfg=cfg)  # None: the plugin whose key asked for one says so
     problems = []
     for list_key in ("datasets", "test_datasets"):
         for i, entry in enumerate(getattr(cfg, list_key) or ()):
@@ -395,8 +404,7 @@ def dataset_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
                 )
                 continue
             strategy, type_name = found
-            method = method or manager.training_method(cfg)
-            if strategy.methods is not None and method.name not in strategy.methods:
+            if method is not None and strategy.methods is not None and method.name not in strategy.methods:
                 problems.append(
                     ConfigProblem(
                         f"{where}.type",
@@ -404,7 +412,7 @@ def dataset_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
                         f"training method of this config ({method.name})",
                     )
                 )
-            missing = [c for c in method.data_shape.columns if c not in strategy.columns]
+            missing = [c for c in method.data_shape.columns if c not in strategy.columns] if method else []
             if missing and (strategy.methods is None or method.name in strategy.methods):
                 problems.append(
                     ConfigProblem(f"{where}.type", f"dataset type {type_name!r} gives no {', '.join(missing)} column")

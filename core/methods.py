@@ -78,14 +78,14 @@ class DataShape:
         """The ``datasets.Features`` of a strategy's output with these columns (``None``: inferred)."""
         return None
 
-    def samples(self, dataset: Any, counts: SourceCounts, work: Path) -> Any:
+    def samples(self, dataset: Any, counts: SourceCounts, work: Path, tokenizer: Any = None) -> Any:
         """Check one source's samples (lengths, empty ones): return those kept; count each drop in ``counts``
         with :meth:`SourceCounts.drop` and each change with :meth:`SourceCounts.change`. ``work`` is a
-        scratch folder for cache files."""
+        scratch folder for cache files; ``tokenizer`` is the loaded tokenizer (to measure text rows)."""
         counts.kept = len(dataset)
         return dataset
 
-    def rows(self, dataset: Any, split: str, work: Path) -> tuple[Any, dict[str, Any]]:
+    def rows(self, dataset: Any, split: str, work: Path, tokenizer: Any = None) -> tuple[Any, dict[str, Any]]:
         """Turn one split's mixed samples (``split`` is ``"train"`` or ``"eval"``) into the trainer's rows
         (pack them, drop helper columns); also return the split's figures for the summary and the model card
         (``{"tokens": ..., "trained_tokens": ...}``)."""

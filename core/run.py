@@ -142,14 +142,19 @@ def write_outputs(cfg: Any, method: TrainingMethod, trainer: Any, model: Any, to
 
 def run(cfg: Any, manager: Any = None) -> RunResult:
     """Train as ``cfg`` says and write the outputs; returns what happened."""
+    from gym.plugin_manager import get_plugin_manager, using_plugin_manager
+
+    manager = manager or get_plugin_manager()
+    with using_plugin_manager(manager):  # every phase, and every hook that asks, sees this manager
+        return _run(cfg, manager)
+
+
+def _run(cfg: Any, manager: Any) -> RunResult:
     import transformers
 
     from gym.data.prepare import prepare_data
     from gym.model import build_model, load_tokenizer
-    from gym.plugin_manager import get_plugin_manager
     from gym.training import checkpoint_step, eval_notes, resume_checkpoint
-
-    manager = manager or get_plugin_manager()
     started = time.perf_counter()
     transformers.set_seed(cfg.seed)
     random.seed(cfg.seed)

@@ -111,14 +111,14 @@ class Settings(StrictConfig):
 class PairRows(DataShape):
     columns = ("prompt", "chosen", "rejected")
 
-    def samples(self, dataset, counts, work):
+    def samples(self, dataset, counts, work, tokenizer=None):
         same = [i for i, row in enumerate(dataset) if row["chosen"] == row["rejected"]]
         counts.drop("chosen equals rejected", len(same))
         kept = dataset.select([i for i in range(len(dataset)) if i not in set(same)])
         counts.kept = len(kept)
         return kept
 
-    def rows(self, dataset, split, work):
+    def rows(self, dataset, split, work, tokenizer=None):
         return dataset, {"pairs": len(dataset)}
 
     def describe(self, split, samples, rows, figures):

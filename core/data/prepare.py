@@ -230,7 +230,7 @@ def _convert_entry(
         desc=f"Converting {describe(entry)} ({type_name})",
     )
     counts.samples = len(converted)
-    kept = shape.samples(converted, counts, work)
+    kept = shape.samples(converted, counts, work, tokenizer=tokenizer)
     return kept, counts
 
 
@@ -387,7 +387,7 @@ def _build(cfg: Any, tokenizer: Any, manager: Any, method: Any, out: Path) -> Da
         for split, dataset in (("train", train), ("eval", eval_set)):
             if dataset is None:
                 continue
-            rows, figures = shape.rows(dataset, split, work)
+            rows, figures = shape.rows(dataset, split, work, tokenizer=tokenizer)
             setattr(report, split, SplitFigures(samples=len(dataset), rows=len(rows), figures=figures))
             rows.save_to_disk(str(out / split))
     finally:

@@ -33,6 +33,8 @@ def gym_config_schema():
 
 @hookimpl(trylast=True)
 def gym_training_method(cfg):
+    if getattr(cfg, "rl", None) or getattr(cfg, "reward_model", None):
+        return None  # another method was asked for; if no plugin offers it, that plugin's rule says so
     from gym.plugins.sft.rows import SupervisedRows
 
     arguments = {"train_sampling_strategy": "group_by_length"} if cfg.group_by_length else {}

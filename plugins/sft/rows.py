@@ -104,7 +104,7 @@ class SupervisedRows(DataShape):
     def features(self, columns: tuple[str, ...]) -> Any:
         return _features() if tuple(columns) == COLUMNS else None
 
-    def samples(self, dataset: Any, counts: SourceCounts, work: Path) -> Any:
+    def samples(self, dataset: Any, counts: SourceCounts, work: Path, tokenizer: Any = None) -> Any:
         import numpy as np
 
         checked = dataset.map(
@@ -124,7 +124,7 @@ class SupervisedRows(DataShape):
         counts.kept = int(len(keep))
         return checked.select(keep).remove_columns(_FATE_COLUMN)
 
-    def rows(self, dataset: Any, split: str, work: Path) -> tuple[Any, dict[str, Any]]:
+    def rows(self, dataset: Any, split: str, work: Path, tokenizer: Any = None) -> tuple[Any, dict[str, Any]]:
         tokens, trained = token_counts(dataset)
         figures: dict[str, Any] = {"tokens": tokens, "trained_tokens": trained}
         packed = self.packed if split == "train" else self.eval_packed
