@@ -12,7 +12,7 @@ Groups:
 
 - **hooks and config**: ``hookimpl``, ``StrictConfig`` (base of a config fragment) and ``Field`` (pydantic's,
   to describe a key), ``CoreConfig`` (the
-  type of ``cfg``), ``DatasetConfig``, ``ConfigProblem``, ``strategy_of`` (a dataset entry's strategy),
+  type of ``cfg``), ``DatasetConfig``, ``ConfigProblem``, ``strategy_of`` (a dataset entry's strategy), ``config_folder`` (where the config file is),
   ``get_plugin_manager``;
 - **errors**: ``GymError``, ``ConfigError``, ``DataError``, ``ModelError``, ``PluginError``, ``RowError``;
 - **methods and data**: ``TrainingMethod``, ``TrainerParts``, ``DataShape``, ``SourceCounts``,
@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "ConfigProblem": "gym.config",
     "load_config": "gym.config",
     "strategy_of": "gym.config",
+    "config_folder": "gym.config",
     "get_plugin_manager": "gym.plugin_manager",
     # errors
     "GymError": "gym.errors",
@@ -112,7 +113,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
     from gym.builtin import gym_home
     from gym.builtin_data import parse_options
     from gym.chat_templates import CHAT_TEMPLATE_NAMES, is_known_chat_template, resolve_chat_template
-    from gym.config import ConfigProblem, load_config, strategy_of
+    from gym.config import ConfigProblem, config_folder, load_config, strategy_of
     from gym.plugin_manager import get_plugin_manager
     from gym.data.chat import ChatRenderer, SpanLabeler, TemplateError
     from gym.data.instruction import InstructionStrategy, PromptFormat

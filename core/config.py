@@ -308,6 +308,13 @@ def validate_config(raw: RawConfig, manager, notes: list[str] | None = None) -> 
         return _validate(raw, manager, notes)
 
 
+def config_folder(cfg: BaseModel) -> Path:
+    """The folder of the file ``cfg`` was read from (the working directory for a config made in code): where
+    plugins resolve the config's own relative files, such as a module of reward functions."""
+    source = getattr(cfg, "_source_path", None)
+    return Path(source).resolve().parent if source else Path.cwd()
+
+
 def _validate(raw: RawConfig, manager, notes: list[str] | None) -> BaseModel:
     schema = manager.schema()
     data = dict(raw.data)
@@ -316,6 +323,7 @@ def _validate(raw: RawConfig, manager, notes: list[str] | None) -> BaseModel:
     cfg = None
     try:
         cfg = schema.model.model_validate(data)
+        cfg._source_path = raw.source
     except ValidationError as exc:
         already = {p.field for p in problems}  # a key reported as renamed / unsupported is not also "missing"
         problems.extend(p for p in _pydantic_problems(exc, schema, raw) if p.field not in already)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 Auto = Literal["auto"]
 
@@ -51,6 +51,9 @@ PrecisionFlag = Union[bool, Auto, None]
 
 class CoreConfig(StrictConfig):
     """Keys the core understands. See docs/configuration.md (generated from this schema)."""
+
+    # Where the config was read from (not a key): plugins resolve the config's relative files against its folder.
+    _source_path: str | None = PrivateAttr(default=None)
 
     # --- model and tokenizer ---------------------------------------------------------------------
     base_model: str = Field(..., description="Local folder or hub id of the model to fine-tune.")
