@@ -10,7 +10,7 @@ where known, the YAML line.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Union
 
@@ -31,9 +31,11 @@ class ConfigProblem:
     line: int | None = None
     plugin: str | None = None
 
-    def render(self, source: str | None = None) -> str:
+    def render(self, source: str | None = None, override: str | None = None) -> str:
         where = self.field or "<config>"
-        if self.line is not None:
+        if override is not None:
+            where += f" (override {override})"
+        elif self.line is not None:
             where += f" ({source or 'config'}:{self.line})"
         owner = f" [{self.plugin}]" if self.plugin else ""
         return f"{where}: {self.message}{owner}"
@@ -42,16 +44,21 @@ class ConfigProblem:
 # ----------------------------------------------------------------------------------- reading the YAML
 
 
-def _line_index(text: str) -> dict[str, int]:
-    """Map dotted paths (``datasets.0.type``) to the 1-based line where they are written."""
+def _line_index(text: str, source: str = "config") -> dict[str, int]:
+    """Map dotted paths (``datasets.0.type``) to the 1-based line where they are written. A key written twice in
+    one mapping is an error naming both lines (YAML would silently keep the last)."""
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     index: dict[str, int] = {}
+    duplicates: list[str] = []
 
     def walk(node: yaml.Node, prefix: str) -> None:
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-                index[path] = key_node.start_mark.line + 1
+                line = key_node.start_mark.line + 1
+                if path in index:
+                    duplicates.append(f"{path}: written twice, on lines {index[path]} and {line}; keep one")
+                index[path] = line
                 walk(value_node, path)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
@@ -61,6 +68,8 @@ def _line_index(text: str) -> dict[str, int]:
 
     if root is not None:
         walk(root, "")
+    if duplicates:
+        raise ConfigError(f"{source}: {len(duplicates)} key(s) written twice", problems=duplicates)
     return index
 
 
@@ -71,6 +80,15 @@ class RawConfig:
     data: dict[str, Any]
     source: str
     lines: dict[str, int]
+    overrides: dict[str, str] = field(default_factory=dict)  # dotted key -> the KEY=VALUE given for it
+
+    def override_of(self, path: str) -> str | None:
+        """The command-line override that set ``path`` (or a mapping holding it), if one did."""
+        while path:
+            if path in self.overrides:
+                return self.overrides[path]
+            path = path.rpartition(".")[0]
+        return None
 
     def line_of(self, path: str) -> int | None:
         while path:
@@ -93,6 +111,8 @@ def _parse_override(item: str) -> tuple[str, Any]:
         parsed = value
     if isinstance(parsed, (dict, list)) and not value.lstrip().startswith(("{", "[")):
         parsed = value  # "Answer:" is text, not a mapping; structures need flow style: key={a: 1}
+    if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
+        parsed = value.strip()  # save_strategy=no is the word "no"; only true / false are booleans here
     return key, parsed
 
 
@@ -108,7 +128,7 @@ def read_config(path: str | Path, overrides: Iterable[str] = ()) -> RawConfig:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     try:
         data = yaml.safe_load(text)
-        lines = _line_index(text)
+        lines = _line_index(text, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -125,17 +145,21 @@ def read_config(path: str | Path, overrides: Iterable[str] = ()) -> RawConfig:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    given: dict[str, str] = {}
     try:
         conf = OmegaConf.create(data)
         for item in overrides:
             key, value = _parse_override(item)
+            given[key] = item
             OmegaConf.update(conf, key, value, merge=True, force_add=True)
         resolved = OmegaConf.to_container(conf, resolve=True)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""
         message = str(exc).splitlines()[0]
         raise ConfigError(f"{source}: {key + ': ' if key else ''}{message}") from None
-    return RawConfig(data=resolved, source=source, lines=lines)
+    if not isinstance(resolved, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys to values")
+    return RawConfig(data=resolved, source=source, lines=lines, overrides=given)
 
 
 # ------------------------------------------------------------------------------ composing the model
@@ -289,7 +313,8 @@ def _drop_empty(data: dict[str, Any]) -> None:
     for key in [k for k, v in data.items() if v is None]:
         del data[key]
     for list_key in ("datasets", "test_datasets"):
-        for entry in data.get(list_key) or ():
+        entries = data.get(list_key)
+        for entry in entries if isinstance(entries, list) else ():
             if isinstance(entry, dict):
                 for key in [k for k, v in entry.items() if v is None and k != "type"]:
                     del entry[key]
@@ -340,7 +365,7 @@ def _validate(raw: RawConfig, manager, notes: list[str] | None) -> BaseModel:
         problems.sort(key=lambda p: (p.line if p.line is not None else 10**9, p.field))
         raise ConfigError(
             f"{raw.source}: {len(problems)} problem{'s' if len(problems) != 1 else ''} in the config",
-            problems=[p.render(raw.source) for p in problems],
+            problems=[p.render(raw.source, raw.override_of(p.field)) for p in problems],
         )
     return cfg
 
@@ -359,6 +384,8 @@ def core_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
         problems.append(ConfigProblem("skip_prepare_dataset", "not supported by gym yet; gym always prepares datasets"))
     if cfg.test_datasets and cfg.val_set_size:
         problems.append(ConfigProblem("val_set_size", "set val_set_size or test_datasets, not both"))
+    if cfg.max_steps is not None and cfg.max_steps <= 0:
+        problems.append(ConfigProblem("max_steps", "must be a positive number of steps (or unset to use num_epochs)"))
     if cfg.val_set_size >= 1 and cfg.val_set_size != int(cfg.val_set_size):
         problems.append(ConfigProblem("val_set_size", "a fraction below 1 or a whole number of rows"))
     if cfg.chat_template is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gym.config import load_config, redacted
@@ -169,3 +171,34 @@ def test_keys_that_change_nothing_are_said_at_validate(tmp_path):
     assert result.exit_code == 0, result.output
     for key in ("strict", "remove_unused_columns", "local_rank"):
         assert f"{key}: accepted for compatibility, has no effect" in result.output
+
+
+@pytest.mark.parametrize(
+    "text, overrides, expected",
+    [
+        ("datasets: 5\n", (), "datasets (c.yml:2): Input should be a valid list"),
+        ("datasets: true\n", (), "datasets (c.yml:2): Input should be a valid list"),
+        ("datasets:\n  - path: a.jsonl\n    type: alpaca\ntest_datasets: 3\n", (), "test_datasets (c.yml:5)"),
+        ("datasets:\n  - path: a.jsonl\n    type: alpaca\n", ("datasets=5",), "datasets (override datasets=5)"),
+        ("datasets:\n  - path: a.jsonl\n    type: alpaca\nmax_steps: -3\n", (), "max_steps (c.yml:5): must be a positive"),
+        ("datasets:\n  - path: a.jsonl\n    type: alpaca\nseed: 1\nseed: 2\n", (), "seed: written twice, on lines 5 and 6"),
+        ("datasets:\n  - path: a.jsonl\n    type: alpaca\n    type: completion\n", (), "datasets.0.type: written twice"),
+        ("datasets:\n  - path: a.jsonl\n    type: alpaca\n", ("save_strategy=sometimes",),
+         "save_strategy (override save_strategy=sometimes)"),
+    ],
+)
+def test_wrong_shapes_duplicates_and_overrides_are_errors_naming_the_key(tmp_path, text, overrides, expected):
+    from gym.config import load_config
+
+    config = tmp_path / "c.yml"
+    config.write_text("base_model: builtin:tiny-llama-micro\n" + text)
+    with pytest.raises(ConfigError) as info:
+        load_config(config, overrides)
+    assert expected in str(info.value).replace(f"{tmp_path}/", "")
+
+
+def test_an_override_word_stays_a_word():
+    from gym.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yml"
+    assert load_config(path, ["save_strategy=no", "debug=true"]).save_strategy == "no"
