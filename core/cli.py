@@ -138,18 +138,43 @@ def train_command(config: str, overrides: tuple[str, ...]) -> None:
 @main.command()
 @CONFIG
 @OVERRIDES
-@click.option("--json", "as_json", is_flag=True, help="Print the resolved config as JSON.")
-def validate(config: str, overrides: tuple[str, ...], as_json: bool) -> None:
-    """Validate CONFIG and print the resolved config."""
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved config as JSON (machine-readable).")
+@click.option("--print-config", is_flag=True, help="Print the whole resolved config (every default filled in).")
+def validate(config: str, overrides: tuple[str, ...], as_json: bool, print_config: bool) -> None:
+    """Validate CONFIG and say what it will do (the resolved config with --print-config or --json)."""
     cfg = _load(config, overrides, quiet=as_json)
-    data = cfg.model_dump(mode="json")
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return
-    import yaml
+    if print_config:
+        import yaml
 
-    click.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip())
+        click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True).rstrip())
+    else:
+        click.echo(_summary(cfg))
     click.secho(f"{config}: valid", fg="green", err=True)
+
+
+def _summary(cfg: Any) -> str:
+    """What a valid config will do, in a few lines."""
+    from gym.plugin_manager import get_plugin_manager
+
+    method = get_plugin_manager().training_method(cfg)
+    data = ", ".join(f"{entry.path} ({entry.type if isinstance(entry.type, str) else 'inline format'})"
+                     for entry in cfg.datasets)
+    held_out = f"; eval: {cfg.val_set_size:g} held out" if cfg.val_set_size else (
+        f"; eval: {len(cfg.test_datasets)} test dataset(s)" if cfg.test_datasets else "")
+    length = f"{cfg.max_steps} steps" if cfg.max_steps else f"{cfg.num_epochs:g} epoch(s)"
+    changed = sorted(k for k in cfg.model_fields_set if k not in ("base_model", "datasets", "output_dir"))
+    return "\n".join([
+        f"model:   {cfg.base_model}",
+        f"data:    {data}{held_out}",
+        f"method:  {method.name}, {length}, micro batch {cfg.micro_batch_size} x {cfg.gradient_accumulation_steps}, "
+        f"learning rate {cfg.learning_rate:g}",
+        f"output:  {cfg.output_dir}",
+        f"set:     {', '.join(changed) or 'nothing else (defaults)'}",
+        "(gym validate --print-config shows every key with its default)",
+    ])
 
 
 @main.command()

@@ -54,6 +54,10 @@ def test_validate_prints_the_resolved_config_without_torch(write_config):
     code, out, err, heavy = gym("validate", path, "learning_rate=0.001")
     assert code == 0, err
     assert heavy == ""
+    assert "method:  sft" in out and "learning rate 0.001" in out and "valid" in err  # a short summary
+    assert len(out.splitlines()) < 10
+    code, out, err, heavy = gym("validate", path, "learning_rate=0.001", "--print-config")
+    assert code == 0 and heavy == ""
     assert "micro_batch_size: 2" in out and "learning_rate: 0.001" in out and "valid" in err
 
 
