@@ -56,10 +56,10 @@ def _truthy(value: str | None) -> bool:
 
 
 class _Trace(threading.local):
-    """Per-thread record of ``(plugin name, result)`` for the hook call in progress."""
+    """Per-thread record of ``(plugin name, result)`` for the attributed hook calls in progress, innermost last."""
 
     def __init__(self) -> None:
-        self.stack: list[list[tuple[str, Any]]] = []
+        self.stack: list[tuple[str, list[tuple[str, Any]]]] = []  # (hook name, its results so far)
 
 
 def combine(merged: dict[str, Any], key: str, value: Any) -> tuple[Any, bool]:
@@ -162,7 +162,7 @@ class GymPluginManager:
         for caller in callers:
             for impl in caller.get_hookimpls():
                 if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
-                    impl.function = self._traced(name, impl.function)
+                    impl.function = self._traced(name, caller.name, impl.function)
         self.infos[name] = PluginInfo(
             name=name,
             distribution=distribution,
@@ -175,15 +175,16 @@ class GymPluginManager:
         self._strategies = None
         self._builtin_datasets = None
 
-    def _traced(self, plugin_name: str, function: Any) -> Any:
-        """``function`` that also records its result for the hook call in progress (pluggy calls it with
-        positional arguments in the order of the original's parameters)."""
+    def _traced(self, plugin_name: str, hook_name: str, function: Any) -> Any:
+        """``function`` that also records its result when an attributed call of its hook is in progress (pluggy
+        calls it with positional arguments in the order of the original's parameters). A hook called from inside
+        another hook's implementation records nothing into the outer call."""
         trace = self._trace
 
         def traced(*args: Any) -> Any:
             result = function(*args)
-            if trace.stack:
-                trace.stack[-1].append((plugin_name, result))
+            if trace.stack and trace.stack[-1][0] == hook_name:
+                trace.stack[-1][1].append((plugin_name, result))
             return result
 
         traced.__wrapped__ = function  # type: ignore[attr-defined]
@@ -206,11 +207,11 @@ class GymPluginManager:
     def call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call a hook through pluggy; ``(plugin name, result)`` of every plain implementation that ran, in
         call order (``None`` results included). Used where gym must say which plugin gave which result."""
-        self._trace.stack.append([])
+        self._trace.stack.append((hook_name, []))
         try:
             getattr(self.pm.hook, hook_name)(**kwargs)
         finally:
-            record = self._trace.stack.pop()
+            _, record = self._trace.stack.pop()
         return record
 
     def merged_dict(self, hook_name: str, base: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:

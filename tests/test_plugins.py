@@ -183,3 +183,15 @@ def test_third_party_plugins_register_after_builtins_whatever_their_names(qa_plu
     assert order.index("qa") > max(order.index(name) for name in BUILTINS)
     builtins = [name for name in order if manager.infos[name].builtin]
     assert builtins == sorted(builtins)
+
+
+def test_a_hook_called_inside_another_hook_is_not_counted_as_the_outer_ones_result():
+    manager = loaded({"GYM_PLUGINS": "lora"})
+
+    def rule(cfg):
+        manager.call("gym_model_load_kwargs", cfg=cfg)  # a rule asking another hook
+        return None
+
+    manager.register(plugin_module("asker", gym_validate_config=rule), "asker")
+    manager.register(plugin_module("loader", gym_model_load_kwargs=lambda cfg: {"dtype": "x"}), "loader")
+    assert [(name, result) for name, result in manager.validate_config(cfg=None) if result] == []
