@@ -186,7 +186,7 @@ def test_third_party_plugins_register_after_builtins_whatever_their_names(qa_plu
 
 
 def test_a_hook_called_inside_another_hook_is_not_counted_as_the_outer_ones_result():
-    manager = loaded({"GYM_PLUGINS": "lora"})
+    manager = GymPluginManager()
 
     def rule(cfg):
         manager.call("gym_model_load_kwargs", cfg=cfg)  # a rule asking another hook
