@@ -211,7 +211,15 @@ class ChatTemplateStrategy:
                     f"{where}.{mappings['content']}",
                     i,
                 )
-            out["role"] = self.role_names.get(str(role), str(role))
+            if str(role) not in self.role_names:
+                known = ", ".join(sorted(set(self.role_names)))
+                raise row_error(
+                    f"{where}.{mappings['role']} is {role!r}, not a role gym knows ({known}); map it with "
+                    f"`roles: {{user: [{role}]}}` (or assistant, system, tool) on the dataset",
+                    f"{where}.{mappings['role']}",
+                    i,
+                )
+            out["role"] = self.role_names[str(role)]
             if self.drop_system and out["role"] == "system":
                 continue
             messages.append(out)

@@ -104,6 +104,14 @@ def test_custom_roles_mapping(manager, tok):
     assert trained_pieces(tok, out["input_ids"][0], out["labels"][0]) == ["Done.<|im_end|>"]
 
 
+def test_an_unknown_role_is_a_row_error_not_a_new_role(manager, tok):
+    strategy = strategy_for(manager, tok, {})
+    rows = {"messages": [[{"role": "wizard", "content": "Hm."}, {"role": "assistant", "content": "Yes."}]]}
+    with pytest.raises(RowError, match=r"messages\[0\]\.role is 'wizard'.*roles: \{user: \[wizard\]\}") as info:
+        strategy.process_batch(rows)
+    assert info.value.row == 0
+
+
 def test_per_dataset_template_and_a_trimming_template(manager, tok):
     """llama3 trims contents, so spans are found by searching the real render; labels still exact."""
     strategy = strategy_for(manager, tok, {"chat_template": "llama3"})
