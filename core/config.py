@@ -44,10 +44,36 @@ class ConfigProblem:
 # ----------------------------------------------------------------------------------- reading the YAML
 
 
+MAX_VALUES = 100_000  # values a config may expand to (YAML aliases can nest into billions)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the document holds with every alias expanded, counted without expanding them."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            if isinstance(node, yaml.MappingNode):
+                sizes[id(node)] = 1 + sum(size(k) + size(v) for k, v in node.value)
+            elif isinstance(node, yaml.SequenceNode):
+                sizes[id(node)] = 1 + sum(size(item) for item in node.value)
+            else:
+                sizes[id(node)] = 1
+        return sizes[id(node)]
+
+    return size(root)
+
+
 def _line_index(text: str, source: str = "config") -> dict[str, int]:
     """Map dotted paths (``datasets.0.type``) to the 1-based line where they are written. A key written twice in
-    one mapping is an error naming both lines (YAML would silently keep the last)."""
+    one mapping is an error naming both lines (YAML would silently keep the last); a document whose aliases
+    expand to more than :data:`MAX_VALUES` values is refused before anything expands it."""
     root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None and _expanded_size(root) > MAX_VALUES:
+        raise ConfigError(
+            f"{source}: the config expands to more than {MAX_VALUES:,} values (YAML aliases nested in aliases?); "
+            "write it out plainly"
+        )
     index: dict[str, int] = {}
     duplicates: list[str] = []
 
@@ -127,8 +153,8 @@ def read_config(path: str | Path, overrides: Iterable[str] = ()) -> RawConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
         lines = _line_index(text, source)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

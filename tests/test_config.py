@@ -202,3 +202,18 @@ def test_an_override_word_stays_a_word():
 
     path = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yml"
     assert load_config(path, ["save_strategy=no", "debug=true"]).save_strategy == "no"
+
+
+def test_nested_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    import time
+
+    from gym.config import load_config
+
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join(f'*a{i - 1}' for _ in range(10))}]" for i in range(1, 7)]
+    config = tmp_path / "bomb.yml"
+    config.write_text("\n".join(levels) + "\nbase_model: builtin:tiny-llama-micro\n")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
+        load_config(config)
+    assert time.perf_counter() - started < 5
