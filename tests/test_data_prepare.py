@@ -239,3 +239,11 @@ def test_options_of_other_strategies_are_config_problems(manager):
     assert "datasets.0.chat_template" in problems and "unknown chat template 'nope'" in problems
     problems = problems_of([{"path": "c.jsonl", "type": "chat_template", "train_on_eos": "sometimes"}])
     assert "datasets.0.train_on_eos" in problems
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_an_empty_or_blank_file_says_so(manager, tok, tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=r"empty.jsonl: the file is empty"):
+        prepare_data(make_cfg(manager, [{"path": str(path), "type": "alpaca"}]), tok, manager=manager)

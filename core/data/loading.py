@@ -89,6 +89,8 @@ def _load_local(entry: Any, path: Path, num_proc: int | None, cache_dir: str | N
             )
         if entry.data_files:
             raise DataError(f"dataset {entry.path}: data_files is for folders and hub datasets, not for a single file")
+        if _is_blank(path):
+            raise DataError(f"dataset {entry.path}: the file is empty (no rows to read)")
         split = entry.split or "train"
         if not split.startswith("train"):
             raise DataError(
@@ -110,6 +112,16 @@ def _load_local(entry: Any, path: Path, num_proc: int | None, cache_dir: str | N
     if entry.name:
         kwargs["name"] = entry.name
     return _guard(entry, lambda: datasets.load_dataset(str(path), **kwargs))
+
+
+def _is_blank(path: Path, limit: int = 1 << 20) -> bool:
+    """Whether an uncompressed text file holds nothing but whitespace (checked for files up to ``limit`` bytes)."""
+    size = path.stat().st_size
+    if size == 0:
+        return True
+    if size > limit or path.suffix.lower() in (*COMPRESSION_EXTENSIONS, ".parquet", ".arrow"):
+        return False
+    return not path.read_bytes().strip()
 
 
 def _pick_split(entry: Any, loaded: Any):
