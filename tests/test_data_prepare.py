@@ -247,3 +247,12 @@ def test_an_empty_or_blank_file_says_so(manager, tok, tmp_path, content):
     path.write_text(content)
     with pytest.raises(DataError, match=r"empty.jsonl: the file is empty"):
         prepare_data(make_cfg(manager, [{"path": str(path), "type": "alpaca"}]), tok, manager=manager)
+
+
+def test_a_folder_of_several_file_formats_is_an_error_naming_them(manager, tok, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", alpaca_rows(4))
+    (folder / "b.csv").write_text("instruction,input,output\nx,,y\n")
+    with pytest.raises(DataError, match=r"several formats \(csv: b.csv; json: a.jsonl\).*data_files"):
+        prepare_data(make_cfg(manager, [{"path": str(folder), "type": "alpaca"}]), tok, manager=manager)

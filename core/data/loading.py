@@ -104,6 +104,19 @@ def _load_local(entry: Any, path: Path, num_proc: int | None, cache_dir: str | N
             ),
         )
     # a folder of data files
+    if not entry.data_files and not entry.ds_type:
+        formats: dict[str, list[str]] = {}
+        for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            kind = data_format(file, None)
+            if kind is not None:
+                formats.setdefault(kind, []).append(file.name)
+        if len(formats) > 1:
+            found = "; ".join(f"{kind}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                              for kind, names in sorted(formats.items()))
+            raise DataError(
+                f"dataset {entry.path}: the folder holds files of several formats ({found}); only one would be read. "
+                "Choose with data_files (or ds_type)"
+            )
     kwargs: dict[str, Any] = {"split": entry.split, "num_proc": num_proc, "cache_dir": cache_dir}
     if entry.data_files:
         kwargs["data_files"] = entry.data_files
