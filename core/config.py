@@ -428,6 +428,15 @@ def core_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
             )
         elif cfg.chat_template == "jinja" and not cfg.chat_template_jinja:
             problems.append(ConfigProblem("chat_template_jinja", "required when chat_template is 'jinja'"))
+    attention = cfg.attn_implementation
+    if attention is not None and attention not in ATTENTION_IMPLEMENTATIONS and "/" not in attention:
+        problems.append(
+            ConfigProblem(
+                "attn_implementation",
+                f"{attention!r} is not an attention implementation{_suggest(attention, ATTENTION_IMPLEMENTATIONS)} "
+                f"(known: {', '.join(ATTENTION_IMPLEMENTATIONS)}, or a hub kernel such as kernels-community/...)",
+            )
+        )
     problems.extend(dataset_problems(cfg, manager))
     for i, name in enumerate(cfg.plugins or ()):
         wanted = _plugin_name_of(name)
@@ -440,6 +449,12 @@ def core_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
                 )
             )
     return problems
+
+
+# transformers' names (``AttentionInterface`` and the built-in eager path); a name with "/" is a hub kernel.
+ATTENTION_IMPLEMENTATIONS = (
+    "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention", "paged|eager",
+)
 
 
 def dataset_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
@@ -486,6 +501,10 @@ def dataset_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
             message = builtin_problem(entry.path, manager)
             if message:
                 problems.append(ConfigProblem(f"{where}.path", message))
+            if entry.shards_idx is not None and entry.shards_idx >= (entry.shards or 1):
+                problems.append(
+                    ConfigProblem(f"{where}.shards_idx", f"must be below shards ({entry.shards or 'unset: 1'})")
+                )
     return problems
 
 

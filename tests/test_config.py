@@ -217,3 +217,21 @@ def test_nested_yaml_aliases_are_refused_before_they_expand(tmp_path):
     with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
         load_config(config)
     assert time.perf_counter() - started < 5
+
+
+def test_attention_names_and_shard_indices_are_checked_at_validate(tmp_path):
+    from gym.config import load_config
+
+    config = tmp_path / "c.yml"
+    config.write_text(
+        "base_model: builtin:tiny-llama-micro\nattn_implementation: sdap\n"
+        "datasets:\n  - path: a.jsonl\n    type: alpaca\n    shards: 2\n    shards_idx: 2\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    text = str(info.value)
+    assert "attn_implementation" in text and "did you mean 'sdpa'" in text
+    assert "datasets.0.shards_idx" in text and "must be below shards (2)" in text
+    ok = config.read_text().replace("sdap", "kernels-community/flash-attn").replace("shards_idx: 2", "shards_idx: 1")
+    config.write_text(ok)
+    assert load_config(config).attn_implementation == "kernels-community/flash-attn"
