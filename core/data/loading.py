@@ -67,11 +67,8 @@ def load_entry(entry: Any, num_proc: int | None = None, local_cache_dir: str | N
         raise DataError(f"dataset {entry.path}: no such file or folder (looked at {path.resolve()})")
     else:
         dataset = _load_hub(entry, num_proc)
-    if entry.shards:
-        index = entry.shards_idx or 0
-        if index >= entry.shards:
-            raise DataError(f"dataset {entry.path}: shards_idx {index} must be below shards {entry.shards}")
-        dataset = dataset.shard(num_shards=entry.shards, index=index)
+    if entry.shards:  # shards_idx < shards was checked at validation
+        dataset = dataset.shard(num_shards=entry.shards, index=entry.shards_idx or 0)
     return dataset
 
 
