@@ -555,26 +555,11 @@ def load_config(
     return cfg
 
 
-SECRET_MARKERS = ("token", "key", "secret", "password")
-
-
 def redacted(cfg: BaseModel) -> dict[str, Any]:
-    """The config as plain data with secrets (``hf_token``, ``wandb_api_key`` ...) replaced by ``***``."""
-    data = cfg.model_dump(mode="json", exclude_none=True)
+    """The config as plain data, with every secret field written as ``**********``.
 
-    def scrub(value: Any, key: str = "") -> Any:
-        if isinstance(value, dict):
-            return {k: scrub(v, k) for k, v in value.items()}
-        if isinstance(value, list):
-            return [scrub(v) for v in value]
-        lowered = key.lower()
-        if (
-            isinstance(value, str)
-            and any(marker in lowered for marker in SECRET_MARKERS)
-            and not lowered.endswith(("tokens", "_token_id"))
-            and lowered not in ("special_tokens", "pad_token", "eos_token", "bos_token", "unk_token")
-        ):
-            return "***"
-        return value
-
-    return scrub(data)
+    A secret is a field its schema types ``pydantic.SecretStr`` (a hub token, a tracker's API key): plugins
+    mark their own, read them with ``.get_secret_value()``, and gym never prints or writes them. Nothing is
+    guessed from key names, so ``tokenizer_config`` stays as written and a saved config runs again.
+    """
+    return cfg.model_dump(mode="json", exclude_none=True)

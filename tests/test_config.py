@@ -151,10 +151,13 @@ def test_user_defined_format_is_validated_strictly(write_config):
 
 
 def test_secrets_are_redacted(write_config):
-    cfg = load_config(write_config(BASE + "hub_model_id: me/model\nspecial_tokens:\n  pad_token: <pad>\n"))
+    cfg = load_config(write_config(BASE + "hub_model_id: me/model\nspecial_tokens:\n  pad_token: <pad>\n"
+                                   "tokenizer_config: ./tok\ntokenizer_type: AutoTokenizer\n"))
     data = redacted(cfg)
     assert data["special_tokens"] == {"pad_token": "<pad>"}
     assert data["hub_model_id"] == "me/model"
+    # only fields typed as secrets are hidden: names with "token" in them are not secrets
+    assert (data["tokenizer_config"], data["tokenizer_type"]) == ("./tok", "AutoTokenizer")
 
 
 def test_keys_that_change_nothing_are_said_at_validate(tmp_path):

@@ -31,7 +31,10 @@ def run_config(tmp_path, inputs, extra: str, name: str = "config.yml", overrides
     from gym.config import load_config
 
     model, data = inputs
-    text = BASE_KEYS.format(model=model, data=data) + f"output_dir: {tmp_path / name.removesuffix('.yml')}\n" + extra
+    given = {line.split(":")[0] for line in extra.splitlines() if line and not line.startswith(" ")}
+    base = "".join(line for line in BASE_KEYS.format(model=model, data=data).splitlines(keepends=True)
+                   if line.split(":")[0] not in given)  # a key in extra replaces the shared one
+    text = base + f"output_dir: {tmp_path / name.removesuffix('.yml')}\n" + extra
     path = tmp_path / name
     path.write_text(text)
     return load_config(path, overrides)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from gym.api import hookimpl
 
@@ -46,7 +46,10 @@ def alpaca_config(tmp_path: Path, extra: str = "", rows: int = 64) -> str:
         output_dir: {tmp_path / "out"}
         """
     )
-    return head + textwrap.dedent(extra)
+    extra = textwrap.dedent(extra)
+    given = {line.split(":")[0] for line in extra.splitlines() if line and not line.startswith(" ")}
+    head = "".join(line for line in head.splitlines(keepends=True) if line.split(":")[0] not in given)
+    return head + extra  # a key in extra replaces the default above (a key written twice is an error)
 
 
 def fresh_manager(*plugins):
@@ -112,7 +115,7 @@ def test_gym_run_alpaca_learns_and_writes_a_loadable_model_card_and_config(write
 
 class SecretFragment(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    recorder_api_key: str | None = None
+    recorder_api_key: SecretStr | None = None
 
 
 class Recorder:
@@ -226,7 +229,7 @@ def test_every_hook_is_called_in_order_and_acts(write_config, tmp_path):
     assert result.metrics["tokens_per_second"] > 0
 
     saved = (tmp_path / "out" / "gym_config.yml").read_text()
-    assert "sk-very-secret" not in saved and "recorder_api_key: '***'" in saved
+    assert "sk-very-secret" not in saved and "recorder_api_key: '**********'" in saved
     assert "sk-very-secret" not in (tmp_path / "out" / "README.md").read_text()
 
 
