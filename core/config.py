@@ -218,7 +218,7 @@ def compose_schema(manager) -> ComposedSchema:
 
     dataset_fields: dict[str, Any] = {}
     dataset_key_owner: dict[str, str] = {name: "core" for name in DatasetConfig.model_fields}
-    for strategy, plugin_name in manager.dataset_strategies().values():
+    for strategy, plugin_name in manager.all_strategies():
         if strategy.options is None:
             continue
         for key, info in strategy.options.model_fields.items():
@@ -468,7 +468,7 @@ def dataset_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
     for list_key in ("datasets", "test_datasets"):
         for i, entry in enumerate(getattr(cfg, list_key) or ()):
             where = f"{list_key}.{i}"
-            found = strategy_of(entry, manager)
+            found = strategy_of(entry, manager, method.name if method else None)
             if found is None:
                 base = entry.type.split(":")[0].split(".")[0]
                 hint = _suggest(entry.type, strategies) or (f"; did you mean {base!r}?" if base in strategies else "")
@@ -508,12 +508,13 @@ def dataset_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
     return problems
 
 
-def strategy_of(entry: Any, manager) -> tuple[Any, str] | None:
-    """(strategy, type name) of a dataset entry, or ``None`` when its type is not registered."""
+def strategy_of(entry: Any, manager, method: str | None = None) -> tuple[Any, str] | None:
+    """(strategy, type name) of a dataset entry for the training method ``method``, or ``None`` when its type is
+    not registered. A name several strategies share (one per method) resolves to the one serving ``method``."""
     if not isinstance(entry.type, str):
         inline = manager.inline_strategy()
         return (inline[0], inline[0].name) if inline else None
-    found = manager.dataset_strategies().get(entry.type)
+    found = manager.strategy_for_method(entry.type, method)
     return (found[0], entry.type) if found else None
 
 

@@ -86,14 +86,18 @@ def render(manager) -> str:
     dataset = schema.dataset_model
     core_keys = [k for k, o in schema.dataset_key_owner.items() if o == "core"]
     out += ["## Dataset entries (`datasets:` and `test_datasets:`)", "", *_table(dataset, core_keys), ""]
-    strategies = manager.dataset_strategies()
-    for name, (strategy, _) in sorted(strategies.items()):
-        if name == strategy.name and strategy.options is not None and strategy.options.model_fields:
-            out += [f"### Keys of `type: {name}`", "", *_table(strategy.options, list(strategy.options.model_fields)), ""]
-    out += ["### Dataset types", "", "| type | plugin | description |", "|---|---|---|"]
-    for name, (strategy, plugin) in sorted(strategies.items()):
+    every = sorted(manager.all_strategies(), key=lambda item: (item[0].name, item[1]))
+    for strategy, plugin in every:
+        if strategy.options is not None and strategy.options.model_fields:
+            methods = f" ({', '.join(strategy.methods)})" if strategy.methods else ""
+            out += [f"### Keys of `type: {strategy.name}`{methods}", "",
+                    *_table(strategy.options, list(strategy.options.model_fields)), ""]
+    out += ["### Dataset types", "", "| type | training methods | plugin | description |", "|---|---|---|---|"]
+    rows = [(name, strategy, plugin) for strategy, plugin in every for name in (strategy.name, *strategy.aliases)]
+    for name, strategy, plugin in sorted(rows, key=lambda row: (row[0], row[2])):
         alias = f" (alias of `{strategy.name}`)" if name != strategy.name else ""
-        out.append(f"| `{name}` | `{plugin}` | {strategy.description}{alias} |")
+        methods = ", ".join(strategy.methods) if strategy.methods else "any"
+        out.append(f"| `{name}` | {methods} | `{plugin}` | {strategy.description}{alias} |")
     out.append("")
 
     inline = manager.inline_strategy()

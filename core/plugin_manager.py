@@ -90,6 +90,7 @@ class GymPluginManager:
         self._trace = _Trace()
         self._schema = None
         self._strategies: dict[str, tuple[Any, str]] | None = None
+        self._variants: dict[str, list[tuple[Any, str]]] = {}
         self._builtin_datasets: dict[str, tuple[Any, str]] | None = None
 
     # ------------------------------------------------------------------------------------- loading
@@ -247,21 +248,30 @@ class GymPluginManager:
         return fragments
 
     def dataset_strategies(self) -> dict[str, tuple[Any, str]]:
-        """Every registered strategy by name (aliases included): ``name -> (strategy, plugin name)``."""
+        """Every registered strategy by name (aliases included): ``name -> (strategy, plugin name)``.
+
+        One name may be registered by several strategies when each serves other training methods (one layout
+        name for supervised conversations and for preference pairs): the first is listed here, all are in
+        :meth:`strategy_for_method`. Otherwise a name registered twice is an error naming both plugins.
+        """
         if self._strategies is None:
             registry: dict[str, tuple[Any, str]] = {}
+            variants: dict[str, list[tuple[Any, str]]] = {}
             for info in self.infos.values():
                 info.dataset_types = []
             for plugin_name, strategies in self.call_each("gym_dataset_strategies"):
                 for strategy in strategies or ():
                     for name in (strategy.name, *strategy.aliases):
-                        if name in registry:
-                            raise PluginError(
-                                f"dataset type {name!r} is registered twice: by "
-                                f"{self.describe(registry[name][1])} and by {self.describe(plugin_name)}"
-                            )
-                        registry[name] = (strategy, plugin_name)
+                        for other, other_plugin in variants.get(name, ()):
+                            if strategy.methods is None or other.methods is None or set(strategy.methods) & set(other.methods):
+                                raise PluginError(
+                                    f"dataset type {name!r} is registered twice for the same training method: by "
+                                    f"{self.describe(other_plugin)} and by {self.describe(plugin_name)}"
+                                )
+                        variants.setdefault(name, []).append((strategy, plugin_name))
+                        registry.setdefault(name, (strategy, plugin_name))
                     self.infos[plugin_name].dataset_types.append(strategy.name)
+            self._variants = variants
             inline = [(s.name, p) for s, p in {id(s): (s, p) for s, p in registry.values()}.values() if s.inline]
             if len(inline) > 1:
                 raise PluginError(
@@ -270,6 +280,25 @@ class GymPluginManager:
                 )
             self._strategies = registry
         return self._strategies
+
+    def all_strategies(self) -> list[tuple[Any, str]]:
+        """Every registered strategy once, with its plugin, those sharing a name with another included."""
+        self.dataset_strategies()
+        seen: dict[int, tuple[Any, str]] = {}
+        for variants in self._variants.values():
+            for strategy, plugin_name in variants:
+                seen.setdefault(id(strategy), (strategy, plugin_name))
+        return list(seen.values())
+
+    def strategy_for_method(self, name: str, method: str | None) -> tuple[Any, str] | None:
+        """The strategy registered as ``name`` that serves ``method`` (the first one when ``method`` is None)."""
+        found = self.dataset_strategies().get(name)
+        if found is None or method is None:
+            return found
+        for strategy, plugin_name in self._variants.get(name, ()):
+            if strategy.methods is None or method in strategy.methods:
+                return strategy, plugin_name
+        return found
 
     def inline_strategy(self) -> tuple[Any, str] | None:
         """The strategy that reads a ``type:`` given as a mapping, if one is registered."""

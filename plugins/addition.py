@@ -181,7 +181,7 @@ class TaskScore:
 def task_for(cfg: Any) -> tuple[AdditionTask, Any]:
     """The task's generator and the dataset entry whose format the prompts follow."""
     for entry in cfg.datasets:
-        if entry.path.startswith(PREFIX + NAME):
+        if entry.path.startswith(PREFIX) and entry.path[len(PREFIX):].split("?", 1)[0] == NAME:
             return addition_task(entry.path), entry
     return AdditionTask(), cfg.datasets[0]
 

@@ -195,3 +195,26 @@ def test_a_hook_called_inside_another_hook_is_not_counted_as_the_outer_ones_resu
     manager.register(plugin_module("asker", gym_validate_config=rule), "asker")
     manager.register(plugin_module("loader", gym_model_load_kwargs=lambda cfg: {"dtype": "x"}), "loader")
     assert [(name, result) for name, result in manager.validate_config(cfg=None) if result] == []
+
+
+def test_one_type_name_serves_several_methods_through_different_strategies(tmp_path):
+    """``chat_template.default`` is supervised conversations for sft and preference pairs for dpo."""
+    from gym import testing
+    from gym.config import strategy_of
+
+    manager = testing.plugin_manager()
+    base = {"base_model": "builtin:tiny-llama-micro", "datasets": [{"path": "d.jsonl", "type": "chat_template.default"}]}
+    sft = testing.validate(base, manager)
+    dpo = testing.validate({**base, "rl": "dpo", "datasets": [{**base["datasets"][0], "field_chosen": "good"}]}, manager)
+    assert strategy_of(sft.datasets[0], manager, "sft")[0].columns == ("input_ids", "labels")
+    assert "chosen" in strategy_of(dpo.datasets[0], manager, "dpo")[0].columns
+    with pytest.raises(Exception, match="field_chosen"):  # an option of the preference layout, not of sft's
+        testing.validate({**base, "datasets": [{**base["datasets"][0], "field_chosen": "good"}]}, manager)
+
+
+def test_a_name_registered_twice_for_one_method_is_an_error():
+    manager = loaded({"GYM_PLUGINS": "sft,alpaca"})
+    copy = DatasetStrategy(name="alpaca", builder="x:y", methods=("sft",))
+    manager.register(plugin_module("copycat", gym_dataset_strategies=lambda: [copy]), "copycat")
+    with pytest.raises(PluginError, match="'alpaca' is registered twice for the same training method"):
+        manager.dataset_strategies()

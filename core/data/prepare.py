@@ -187,18 +187,18 @@ class StrategyBatch:
         )
 
 
-def _strategy_for(entry: Any, manager: Any) -> tuple[Any, str, str]:
+def _strategy_for(entry: Any, manager: Any, method: str) -> tuple[Any, str, str]:
     """(strategy record, the type name, its plugin and version for the fingerprint)."""
     from gym.config import strategy_of
 
-    found = strategy_of(entry, manager)
+    found = strategy_of(entry, manager, method)
     if found is None:
         raise DataError(
             f"dataset {entry.path}: unknown dataset type {entry.type!r} "
             f"(available: {', '.join(sorted(manager.dataset_strategies()))})"
         )
     strategy, type_name = found
-    plugin_name = manager.dataset_strategies()[strategy.name][1]
+    plugin_name = manager.strategy_for_method(strategy.name, method)[1]
     info = manager.infos.get(plugin_name)
     origin = f"{plugin_name} {info.distribution} {info.version}" if info else plugin_name
     return strategy, type_name, origin
@@ -207,7 +207,7 @@ def _strategy_for(entry: Any, manager: Any) -> tuple[Any, str, str]:
 def _convert_entry(
     entry: Any, role: str, cfg: Any, tokenizer: Any, manager: Any, shape: Any, work: Path, key: str
 ) -> tuple[Any, SourceCounts]:
-    strategy, type_name, _ = _strategy_for(entry, manager)
+    strategy, type_name, _ = _strategy_for(entry, manager, manager.training_method(cfg).name)
     counts = SourceCounts(path=entry.path, type=type_name, role=role)
     raw = load_entry(entry, num_proc=cfg.dataset_processes, local_cache_dir=str(work / "raw"))
     counts.rows = len(raw)
@@ -256,7 +256,7 @@ def fingerprint_parts(cfg: Any, manager: Any, tokenizer_key: str) -> dict[str, A
     def entries(items):
         out = []
         for entry in items or ():
-            _, type_name, origin = _strategy_for(entry, manager)
+            _, type_name, origin = _strategy_for(entry, manager, method)
             out.append(
                 {
                     "entry": entry.model_dump(mode="json"),
@@ -267,11 +267,12 @@ def fingerprint_parts(cfg: Any, manager: Any, tokenizer_key: str) -> dict[str, A
             )
         return out
 
+    method = manager.training_method(cfg).name
     return {
         "datasets": entries(cfg.datasets),
         "test_datasets": entries(cfg.test_datasets),
         "tokenizer": tokenizer_key,
-        "method": manager.training_method(cfg).name,
+        "method": method,
         "settings": manager.merged_dict(
             "gym_data_settings",
             base={

@@ -1,0 +1,182 @@
+"""Preference dataset types: each layout gives text prompt / chosen / rejected; bad pairs are dropped and counted
+by reason; a layout of the wrong shape names the field; types fit only the methods they serve."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gym import testing
+from gym.api import ConfigError
+
+
+def pairs(type_name, rows, config=None):
+    out = testing.call_strategy(type_name, rows, config or DPO)
+    assert out["completion"] == [None] * len(rows) and out["label"] == [None] * len(rows)
+    return {name: out[name] for name in ("prompt", "chosen", "rejected")}
+
+DPO = {"rl": "dpo"}
+CHATML_PROMPT = "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+LLAMA3_PROMPT = ("<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+                 "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_chatml_intel_and_prompt_pairs():
+    out = pairs("chatml.intel", [{"system": "be brief", "question": "2+2?", "chosen": "4",
+                                                  "rejected": "5"}], DPO)
+    assert out == {"prompt": [CHATML_PROMPT], "chosen": ["4<|im_end|>"], "rejected": ["5<|im_end|>"]}
+    out = pairs("chatml.prompt_pairs", [{"system": "be brief", "prompt": "2+2?", "chosen": "4",
+                                                         "rejected": "5"}], DPO)
+    assert out["prompt"] == [CHATML_PROMPT]
+
+
+def test_llama3_argilla_chat_and_ultra():
+    conversation = lambda answer: [{"role": "user", "content": "hi"}, {"role": "assistant", "content": answer}]
+    out = pairs("llama3.argilla_chat", [{"chosen": conversation("yo"), "rejected": conversation("no")}],
+                                DPO)
+    assert out == {"prompt": [LLAMA3_PROMPT], "chosen": ["yo<|eot_id|>"], "rejected": ["no<|eot_id|>"]}
+    out = pairs("llama3.ultra", [{"prompt": "hi", "chosen": conversation("yo"),
+                                                  "rejected": conversation("no")}], DPO)
+    assert out == {"prompt": [LLAMA3_PROMPT], "chosen": ["yo<|eot_id|>"], "rejected": ["no<|eot_id|>"]}
+    out = pairs("chatml.ultra", [{"prompt": "hi", "chosen": conversation("yo"),
+                                                  "rejected": conversation("no")}], DPO)
+    assert out["chosen"] == ["yo<|im_end|>"] and out["prompt"][0].startswith("<|im_start|>user\nhi")
+
+
+def test_passthrough_renders_conversations_with_the_chat_template_and_keeps_text():
+    rows = [{"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "yo"}],
+             "rejected": [{"role": "assistant", "content": "no"}]}]
+    out = pairs("passthrough", rows)
+    assert out == {"prompt": ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"],
+                   "chosen": ["yo<|im_end|>\n"], "rejected": ["no<|im_end|>\n"]}
+    out = pairs("passthrough", [{"prompt": "Q: hi\nA:", "chosen": " yo", "rejected": " no"}], DPO)
+    assert out == {"prompt": ["Q: hi\nA:"], "chosen": [" yo"], "rejected": [" no"]}
+
+
+def test_user_defined_reads_fields_and_formats_from_the_entry():
+    entry = {"field_prompt": "q", "field_chosen": "good", "field_rejected": "bad", "prompt_format": "Q: {prompt}\nA: ",
+             "chosen_format": "{chosen}!", "rejected_format": "{rejected}?"}
+    out = pairs("user_defined.default", [{"q": "hi", "good": "yo", "bad": "no"}], {**DPO, "datasets": [entry]})
+    assert out == {"prompt": ["Q: hi\nA: "], "chosen": ["yo!"], "rejected": ["no?"]}
+
+
+def test_a_row_of_the_wrong_shape_names_the_field():
+    from gym.api import RowError
+
+    with pytest.raises(RowError) as error:
+        testing.call_strategy("chatml.argilla_chat", [{"chosen": "not a conversation", "rejected": []}], DPO)
+    assert error.value.field == "chosen"
+    with pytest.raises(RowError) as error:
+        testing.call_strategy("chatml.intel", [{"chosen": "a", "rejected": "b"}], DPO)
+    assert error.value.field == "question"
+
+
+def test_sft_type_with_rl_and_preference_type_without_rl_are_errors_naming_the_entry():
+    with pytest.raises(ConfigError) as error:
+        testing.validate({"base_model": "m", "rl": "dpo", "datasets": [{"path": "d.jsonl", "type": "alpaca"}]})
+    assert len(error.value.problems) == 1 and "datasets.0.type" in error.value.problems[0]
+    assert "makes rows for sft" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        testing.validate({"base_model": "m", "datasets": [{"path": "d.jsonl", "type": "chatml.intel"}]})
+    assert len(error.value.problems) == 1 and "datasets.0.type" in error.value.problems[0]
+    for rl in ("dpo", "ipo", "simpo", "orpo", "kto"):
+        cfg = testing.validate({"base_model": "m", "rl": rl, "micro_batch_size": 2,
+                                "datasets": [{"path": "d.jsonl", "type": "chatml.intel"}]})
+        assert cfg.rl == rl
+
+
+def test_bad_pairs_are_dropped_and_counted_by_reason(tmp_path):
+    """Through gym's data phase: each reason counted, the summary says so, the kept pairs are the good ones."""
+    from gym.api import prepare_data
+
+    rows = [
+        {"question": "good", "chosen": "yes", "rejected": "no"},
+        {"question": "no rejected", "chosen": "yes", "rejected": ""},
+        {"question": "no chosen", "chosen": None, "rejected": "no"},
+        {"question": "", "chosen": "yes", "rejected": "no"},
+        {"question": "same", "chosen": "yes", "rejected": "yes"},
+        {"question": "long " * 200, "chosen": "yes", "rejected": "no"},
+        {"question": "also good", "chosen": "a", "rejected": "b"},
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = testing.validate({"base_model": testing.TINY_MODEL, "rl": "dpo", "sequence_len": 64,
+                            "datasets": [{"path": str(path), "type": "chatml.intel"}]})
+    prepared = prepare_data(cfg)
+    source = prepared.report.sources[0]
+    assert source.kept == 2
+    assert source.dropped == {"with no chosen response": 1, "with no rejected response": 1,
+                              "with an empty prompt": 1, "with chosen identical to rejected": 1,
+                              "longer than sequence_len": 1}
+    assert "dropped" in prepared.summary() and "preference pairs" in prepared.summary()
+    assert sorted(prepared.train["chosen"]) == ["a<|im_end|>", "yes<|im_end|>"]
+
+    truncating = testing.validate({"base_model": testing.TINY_MODEL, "rl": "dpo", "sequence_len": 64,
+                                   "excess_length_strategy": "truncate",
+                                   "datasets": [{"path": str(path), "type": "chatml.intel"}]})
+    source = prepare_data(truncating).report.sources[0]
+    assert "longer than sequence_len" not in source.dropped
+    assert source.dropped.get("with a prompt as long as sequence_len") == 1  # TRL would keep no response token
+
+
+def test_builtin_addition_preferences_rows(tmp_path, monkeypatch):
+    from gym.plugins import dpo
+
+    monkeypatch.setenv("GYM_HOME", str(tmp_path))
+    path = dpo.materialize("builtin:addition-preferences?rows=50&digits=2")
+    rows = [json.loads(line) for line in open(path)]
+    assert len(rows) == 50
+    for row in rows:
+        question = row["prompt"][0]["content"]
+        a, b = (int(x) for x in question.removeprefix("What is ").removesuffix("?").split(" + "))
+        assert row["chosen"][0]["content"] == str(a + b)
+        wrong = int(row["rejected"][0]["content"])
+        assert wrong != a + b and abs(wrong - (a + b)) in (1, 10)
+        from gym.plugins.addition import AdditionTask
+
+        assert not AdditionTask.held_out(a, b)
+    assert dpo.materialize("builtin:addition-preferences?rows=50&digits=2") == path
+
+
+def test_prepared_preference_data_is_cached(tmp_path, monkeypatch):
+    from gym.api import prepare_data
+
+    monkeypatch.setenv("GYM_HOME", str(tmp_path / "home"))
+    config = {"base_model": testing.TINY_MODEL, "rl": "dpo", "dataset_prepared_path": str(tmp_path / "prepared"),
+              "datasets": [{"path": "builtin:addition-preferences?rows=20", "type": "passthrough"}]}
+    first = prepare_data(testing.validate(config))
+    second = prepare_data(testing.validate(config))
+    assert (first.report.cache, second.report.cache) == ("miss", "hit")
+    assert second.train["chosen"] == first.train["chosen"] and len(second.train) == 20
+    kto = prepare_data(testing.validate({**config, "rl": "kto", "micro_batch_size": 2}))
+    assert kto.report.cache == "miss" and kto.train.column_names == ["prompt", "completion", "label"]
+
+
+def test_passthrough_without_a_prompt_takes_what_chosen_and_rejected_share():
+    """HH-RLHF's layout: whole exchanges in chosen and rejected."""
+    out = pairs("passthrough", [{"chosen": "\n\nHuman: hi\n\nAssistant: hello there",
+                                 "rejected": "\n\nHuman: hi\n\nAssistant: go away"}])
+    assert out == {"prompt": ["\n\nHuman: hi\n\nAssistant: "], "chosen": ["hello there"], "rejected": ["go away"]}
+    talk = [{"role": "user", "content": "hi"}]
+    out = pairs("passthrough", [{"chosen": talk + [{"role": "assistant", "content": "yo"}],
+                                 "rejected": talk + [{"role": "assistant", "content": "no"}]}])
+    assert out["prompt"] == ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"]
+    assert out["chosen"] == ["yo<|im_end|>\n"]
+
+
+def test_chat_template_pairs_builder_for_the_chat_template_default_layout():
+    """Axolotl's chat_template.default preference rows (messages + chosen / rejected messages); ready for the
+    chat_template strategy to hand preference configs to."""
+    import types
+
+    from gym.prompt_strategies.preference import build_chat_template_pairs
+
+    entry = types.SimpleNamespace(field_messages="conversation", message_property_mappings={"role": "from",
+                                                                                             "content": "value"})
+    cfg = types.SimpleNamespace(rl="dpo", chat_template=None)
+    strategy = build_chat_template_pairs(testing.tiny_tokenizer(), cfg, entry)
+    out = strategy.process_batch({"conversation": [[{"from": "human", "value": "hi"}]],
+                                  "chosen": [{"from": "gpt", "value": "yo"}], "rejected": ["no"]})
+    assert out["prompt"] == ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"]
+    assert (out["chosen"], out["rejected"]) == (["yo<|im_end|>\n"], ["no<|im_end|>\n"])
