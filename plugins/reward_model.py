@@ -9,6 +9,8 @@ randomly initialised ``score`` head on a causal LM checkpoint); ``model_type`` d
 
 from __future__ import annotations
 
+import importlib.util
+
 from typing import Optional
 
 from pydantic import Field, model_validator
@@ -53,6 +55,8 @@ def gym_validate_config(cfg):
                     for key in ("num_labels", "center_rewards_coefficient") if getattr(cfg, key) is not None]
         return problems or None
     problems = []
+    if importlib.util.find_spec("trl") is None:
+        problems.append(ConfigProblem("reward_model", "trains with TRL, which is not installed: pip install 'gym-llm[rl]'"))
     if getattr(cfg, "rl", None):
         problems.append(ConfigProblem("reward_model", f"trains a reward model; it cannot be combined with rl: {cfg.rl}"))
     if cfg.num_labels not in (None, 1):

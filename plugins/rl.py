@@ -7,6 +7,7 @@ that an installed plugin trains the method asked for.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal, Optional
 
 from pydantic import Field
@@ -38,6 +39,8 @@ def gym_config_schema():
 def gym_validate_config(cfg):
     if cfg.rl is None:
         return None
+    if importlib.util.find_spec("trl") is None:
+        return [ConfigProblem("rl", f"rl: {cfg.rl} trains with TRL, which is not installed: pip install 'gym-llm[rl]'")]
     method = get_plugin_manager().call("gym_training_method", cfg=cfg)
     if method is None or method.name != cfg.rl:
         return [ConfigProblem("rl", f"no installed plugin trains rl: {cfg.rl} (gym plugins list shows what is installed)")]

@@ -291,3 +291,16 @@ def test_only_the_main_process_prints(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
     say("from the main process")
     assert is_main_process() and "[gym] from the main process" in capsys.readouterr().out
+
+
+def test_rl_without_trl_installed_is_a_validate_error_naming_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    from gym import testing
+    from gym.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"gym-llm\[rl\]"):
+        testing.validate({"base_model": "builtin:tiny-llama-micro", "rl": "dpo",
+                          "datasets": [{"path": "d.jsonl", "type": "passthrough"}]})
