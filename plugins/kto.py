@@ -9,13 +9,13 @@ Every hook returns ``None`` unless ``rl: kto``.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import Field
 
-from gym.api import ConfigProblem, DataShape, SourceCounts, StrictConfig, TrainingMethod, hookimpl
+from gym.api import ConfigProblem, StrictConfig, TrainingMethod, hookimpl
+from gym.plugins.preference import CheckedTextRows
 
 NAME = "kto"
 COLUMNS = ("prompt", "completion", "label")
@@ -112,32 +112,13 @@ class KtoRules:
         return {_FATE: fates}
 
 
-class KtoRows(DataShape):
+class KtoRows(CheckedTextRows):
     """Text ``prompt`` / ``completion`` and a boolean ``label``; unusable rows dropped and counted."""
 
     columns = COLUMNS
-
-    def __init__(self, cfg: Any):
-        self.sequence_len = cfg.sequence_len
-        self.truncate = cfg.excess_length_strategy == "truncate"
-
-    def features(self, columns: tuple[str, ...]) -> Any:
-        import datasets
-
-        return datasets.Features({name: datasets.Value("bool" if name == "label" else "string") for name in columns})
-
-    def samples(self, dataset: Any, counts: SourceCounts, work: Path, tokenizer: Any = None) -> Any:
-        import numpy as np
-
-        checked = dataset.map(KtoRules(tokenizer, self.sequence_len, self.truncate), batched=True, batch_size=1000,
-                              cache_file_name=str(work / f"kto-{uuid.uuid4().hex}.arrow"), desc="Checking KTO rows")
-        fate = np.asarray(checked[_FATE], dtype=np.int64)
-        for code, reason in DROP_REASONS.items():
-            counts.drop(reason, int((fate == code).sum()))
-        counts.change(f"to be cut to sequence_len {self.sequence_len} by the trainer", int((fate == _TRUNCATED).sum()))
-        keep = np.flatnonzero((fate == 0) | (fate == _TRUNCATED))
-        counts.kept = int(len(keep))
-        return checked.select(keep).select_columns(list(COLUMNS))
+    rules = KtoRules
+    drop_reasons = DROP_REASONS
+    checking = "Checking KTO rows"
 
     def rows(self, dataset: Any, split: str, work: Path, tokenizer: Any = None) -> tuple[Any, dict[str, Any]]:
         desirable = int(sum(dataset["label"])) if len(dataset) else 0

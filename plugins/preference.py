@@ -76,12 +76,13 @@ class PairRules:
         return {_FATE: fates}
 
 
-class PreferenceRows(DataShape):
-    """:class:`gym.api.DataShape` of the pairwise preference methods: text ``prompt`` / ``chosen`` /
-    ``rejected``; unusable pairs are dropped and counted, long ones dropped or left to TRL to cut to
-    ``sequence_len`` (``excess_length_strategy: truncate``)."""
+class CheckedTextRows(DataShape):
+    """Text rows checked by a ``rules`` class (one fate code a row, ``drop_reasons[code]`` for a drop); long rows
+    are dropped, or kept for TRL to cut to ``sequence_len`` with ``excess_length_strategy: truncate``."""
 
-    columns = COLUMNS
+    rules: Any = None  # called as rules(tokenizer, sequence_len, truncate) -> a Dataset.map function giving _fate
+    drop_reasons: dict[int, str] = {}
+    checking = "Checking rows"
 
     def __init__(self, cfg: Any):
         self.sequence_len = cfg.sequence_len
@@ -96,19 +97,30 @@ class PreferenceRows(DataShape):
         import numpy as np
 
         checked = dataset.map(
-            PairRules(tokenizer, self.sequence_len, self.truncate),
+            self.rules(tokenizer, self.sequence_len, self.truncate),
             batched=True,
             batch_size=1000,
-            cache_file_name=str(work / f"pairs-{uuid.uuid4().hex}.arrow"),
-            desc="Checking preference pairs",
+            cache_file_name=str(work / f"checked-{uuid.uuid4().hex}.arrow"),
+            desc=self.checking,
         )
         fate = np.asarray(checked[_FATE], dtype=np.int64)
-        for code, reason in DROP_REASONS.items():
+        for code, reason in self.drop_reasons.items():
             counts.drop(reason, int((fate == code).sum()))
         counts.change(f"to be cut to sequence_len {self.sequence_len} by the trainer", int((fate == _TRUNCATED).sum()))
         keep = np.flatnonzero((fate == 0) | (fate == _TRUNCATED))
         counts.kept = int(len(keep))
         return checked.select(keep).select_columns(list(self.columns))
+
+
+class PreferenceRows(CheckedTextRows):
+    """:class:`gym.api.DataShape` of the pairwise preference methods: text ``prompt`` / ``chosen`` /
+    ``rejected``; unusable pairs are dropped and counted, long ones dropped or left to TRL to cut to
+    ``sequence_len`` (``excess_length_strategy: truncate``)."""
+
+    columns = COLUMNS
+    rules = PairRules
+    drop_reasons = DROP_REASONS
+    checking = "Checking preference pairs"
 
     def rows(self, dataset: Any, split: str, work: Path, tokenizer: Any = None) -> tuple[Any, dict[str, Any]]:
         return dataset.select_columns(list(COLUMNS)), {"pairs": len(dataset)}
