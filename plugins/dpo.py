@@ -228,7 +228,6 @@ def gym_model_card(cfg, model):
 # ---------------------------------------------------------------------------- builtin:addition-preferences
 
 NAME = "addition-preferences"
-OPTIONS = {"digits": (1, 9), "rows": (1, 10_000_000), "seed": (0, 2**31 - 1)}
 VERSION = 2  # bump when the rows change
 
 
@@ -247,9 +246,9 @@ def gym_builtin_datasets():
 
 
 def _task(path: str):
-    from gym.plugins.addition import AdditionTask
+    from gym.plugins.addition import ADDITION_OPTIONS, AdditionTask
 
-    return AdditionTask(**parse_options(path, OPTIONS))
+    return AdditionTask(**parse_options(path, ADDITION_OPTIONS))  # the same options as builtin:addition
 
 
 def _check(path: str) -> None:
