@@ -508,9 +508,10 @@ def dataset_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
     return problems
 
 
-def strategy_of(entry: Any, manager, method: str | None = None) -> tuple[Any, str] | None:
-    """(strategy, type name) of a dataset entry for the training method ``method``, or ``None`` when its type is
-    not registered. A name several strategies share (one per method) resolves to the one serving ``method``."""
+def strategy_of(entry: Any, manager, method: str | None) -> tuple[Any, str] | None:
+    """(strategy, type name) of a dataset entry for the training method ``method`` (the config's, from
+    ``manager.training_method(cfg).name``), or ``None`` when its type is not registered. A name several strategies
+    share (one per method) resolves to the one serving ``method``; with ``method`` None, to the first registered."""
     if not isinstance(entry.type, str):
         inline = manager.inline_strategy()
         return (inline[0], inline[0].name) if inline else None

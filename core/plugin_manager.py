@@ -259,7 +259,8 @@ class GymPluginManager:
             variants: dict[str, list[tuple[Any, str]]] = {}
             for info in self.infos.values():
                 info.dataset_types = []
-            for plugin_name, strategies in self.call_each("gym_dataset_strategies"):
+            # in registration order (pluggy calls the last registered first): the first registered is listed
+            for plugin_name, strategies in reversed(self.call_each("gym_dataset_strategies")):
                 for strategy in strategies or ():
                     for name in (strategy.name, *strategy.aliases):
                         for other, other_plugin in variants.get(name, ()):

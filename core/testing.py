@@ -116,7 +116,7 @@ def call_strategy(type_name: str, rows: list[dict[str, Any]], config: dict[str, 
     entries[0] = {"path": "rows.jsonl", **entries[0], "type": type_name}
     manager = _manager(plugins)
     cfg = validate({**config, "datasets": entries}, manager)
-    strategy, _ = strategy_of(cfg.datasets[0], manager)
+    strategy, _ = strategy_of(cfg.datasets[0], manager, manager.training_method(cfg).name)
     if tokenizer is None:
         from gym.model import load_tokenizer
 

@@ -201,7 +201,7 @@ def build_prompts(cfg: Any, tokenizer: Any, entry: Any, rows: list[dict[str, Any
     """Prompt token ids for ``rows``, made by ``entry``'s strategy with prompts not trained on."""
     from gym.api import strategy_of
 
-    strategy, type_name = strategy_of(entry, manager)
+    strategy, type_name = strategy_of(entry, manager, manager.training_method(cfg).name)
     quiet_cfg = cfg.model_copy(update={"train_on_inputs": False})
     quiet_entry = entry.model_copy(update={"train_on_inputs": False})
     builder = strategy.load_builder()(tokenizer=tokenizer, cfg=quiet_cfg, dataset=quiet_entry)
