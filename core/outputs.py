@@ -18,6 +18,41 @@ from gym.hub import is_hub_id
 
 CONFIG_FILE = "gym_config.yml"
 CARD_FILE = "README.md"
+RUN_MARKER = ".gym-run"  # written into output_dir when a run starts: the folder is gym's from then on
+
+
+def prepare_output_dir(cfg: Any) -> list[str]:
+    """Check ``output_dir`` before any work and claim it; returns notes to show.
+
+    Refused, with a ConfigError: the base model's folder (or a folder inside it), a path that is a file or cannot
+    be written, and a non-empty folder that is not a gym run's unless ``overwrite_output_dir: true``.
+    """
+    from gym.errors import ConfigError
+
+    out = Path(cfg.output_dir).expanduser().resolve()
+    base = Path(str(cfg.base_model)).expanduser()
+    if base.is_dir() and (out == base.resolve() or base.resolve() in out.parents):
+        raise ConfigError(f"output_dir: {out} is the base model's folder (or inside it); the run would write over "
+                          "the model it starts from. Choose another output_dir")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: {out} is a file, not a folder")
+    notes = []
+    if out.is_dir():
+        present = sorted(p.name for p in out.iterdir())
+        ours = (out / RUN_MARKER).exists() or (out / CONFIG_FILE).exists() or any(
+            name.startswith("checkpoint-") for name in present)
+        if present and not ours and not cfg.overwrite_output_dir:
+            shown = ", ".join(present[:5]) + (" ..." if len(present) > 5 else "")
+            raise ConfigError(f"output_dir: {out} already holds files gym did not write ({shown}); they could be "
+                              "replaced. Choose an empty or new folder, or set overwrite_output_dir: true")
+        if present and ours:
+            notes.append(f"output_dir {out} holds a previous gym run; its model files will be written over")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_MARKER).write_text("This folder holds the outputs of a gym run.\n")
+    except OSError as exc:
+        raise ConfigError(f"output_dir: cannot write to {out}: {exc.strerror or exc}") from None
+    return notes
 
 
 def write_config(cfg: Any, output_dir: str | Path) -> Path:

@@ -160,6 +160,11 @@ def _run(cfg: Any, manager: Any) -> RunResult:
     random.seed(cfg.seed)
     method = manager.training_method(cfg)
     resume = resume_checkpoint(cfg)
+    if is_main_process():
+        from gym.outputs import prepare_output_dir
+
+        for note in prepare_output_dir(cfg):  # before any work: a bad output_dir must not cost a whole run
+            say(f"note: {note}")
 
     # data
     tokenizer = load_tokenizer(cfg)

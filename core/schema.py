@@ -112,6 +112,11 @@ class CoreConfig(StrictConfig):
 
     # --- training loop ---------------------------------------------------------------------------
     output_dir: str = Field("./outputs/gym-run", description="Where checkpoints and the final model go.")
+    overwrite_output_dir: bool = Field(
+        False,
+        description="Allow output_dir to be a folder that holds files gym did not write (they may be replaced). "
+        "A previous gym run's folder is always allowed (a note says it is written over).",
+    )
     micro_batch_size: int = Field(1, ge=1, description="Rows per device per step.")
     eval_batch_size: int | None = Field(None, ge=1, description="Rows per device per evaluation step.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
