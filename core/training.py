@@ -7,8 +7,10 @@ method's own values, then every plugin's :func:`gym.hookspecs.gym_training_argum
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,29 +196,73 @@ def eval_notes(cfg: Any, has_eval: bool) -> list[str]:
 # ------------------------------------------------------------------------------------------- resume
 
 
-def resume_checkpoint(cfg: Any) -> str | None:
-    """The checkpoint to resume from: ``resume_from_checkpoint``, else the newest in ``output_dir`` when
-    ``auto_resume_from_checkpoints``, else none."""
-    from transformers.trainer_utils import get_last_checkpoint
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` is not a complete checkpoint (one a kill -9 cut short while it was written), or ``None``."""
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "it has no trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except ValueError:
+        return "its trainer_state.json is cut short"
+    weights = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
+    if not weights:
+        return "it has no model weights"
+    for path in weights:
+        if path.suffix == ".safetensors" and not _safetensors_complete(path):
+            return f"{path.name} is cut short"
+    return None
+
+
+def _safetensors_complete(path: Path) -> bool:
+    """Whether the file is as long as its header says (a safetensors file starts with its header's length)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return False
+        header_len = int.from_bytes(head, "little")
+        try:
+            header = json.loads(handle.read(header_len))
+        except ValueError:
+            return False
+    ends = [info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"]
+    return size >= 8 + header_len + max(ends, default=0)
+
+
+def resume_checkpoint(cfg: Any) -> str | None:
+    """The checkpoint to resume from: ``resume_from_checkpoint``, else the newest complete one in ``output_dir``
+    when ``auto_resume_from_checkpoints`` (newer, incomplete ones are named in a note), else none."""
     if cfg.resume_from_checkpoint:
         path = Path(cfg.resume_from_checkpoint).expanduser()
-        if not (path / "trainer_state.json").is_file():
+        problem = checkpoint_problem(path) if path.is_dir() else "it is not a folder"
+        if problem:
             raise ConfigError(
-                f"resume_from_checkpoint: {path} is not a checkpoint folder (no trainer_state.json in it); "
-                f"checkpoints are the checkpoint-<step> folders in output_dir"
+                f"resume_from_checkpoint: {path} cannot be resumed from: {problem} (checkpoints are the complete "
+                "checkpoint-<step> folders in output_dir)"
             )
         return str(path)
-    if cfg.auto_resume_from_checkpoints and Path(cfg.output_dir).is_dir():
-        return get_last_checkpoint(str(cfg.output_dir))
+    out = Path(cfg.output_dir)
+    if not (cfg.auto_resume_from_checkpoints and out.is_dir()):
+        return None
+    found = sorted(
+        ((int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))), reverse=True
+    )
+    for _, folder in found:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder)
+        say(f"note: skipping {folder.name} in {out}: {problem} (interrupted while it was written?)")
     return None
 
 
 def checkpoint_step(checkpoint: str | None) -> int:
     if not checkpoint:
         return 0
-    import json
-
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
     return int(state.get("global_step", 0))
 

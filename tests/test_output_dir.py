@@ -50,3 +50,36 @@ def test_a_file_or_an_unwritable_path_is_refused_before_any_work(tmp_path):
         prepare_output_dir(cfg_for(tmp_path, file))
     with pytest.raises(ConfigError, match="cannot write to"):
         prepare_output_dir(cfg_for(tmp_path, file / "below"))
+
+
+def _checkpoint(folder, step, weights=True, state_ok=True, cut_weights=False):
+    import json
+
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    state = json.dumps({"global_step": step})
+    (folder / "trainer_state.json").write_text(state if state_ok else state[:8])
+    if weights:
+        save_file({"w": np.zeros((64, 64), dtype=np.float32)}, str(folder / "model.safetensors"))
+        if cut_weights:
+            data = (folder / "model.safetensors").read_bytes()
+            (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def test_auto_resume_takes_the_newest_complete_checkpoint_and_names_those_skipped(tmp_path, capsys):
+    from gym.training import resume_checkpoint
+
+    out = tmp_path / "out"
+    _checkpoint(out / "checkpoint-2", 2)
+    _checkpoint(out / "checkpoint-4", 4, cut_weights=True)  # killed while writing the weights
+    _checkpoint(out / "checkpoint-6", 6, state_ok=False)  # killed while writing the state
+    cfg = cfg_for(tmp_path, out, auto_resume_from_checkpoints=True)
+    assert resume_checkpoint(cfg) == str(out / "checkpoint-2")
+    printed = capsys.readouterr().out
+    assert "skipping checkpoint-6" in printed and "cut short" in printed and "skipping checkpoint-4" in printed
+
+    explicit = cfg_for(tmp_path, out, resume_from_checkpoint=str(out / "checkpoint-4"))
+    with pytest.raises(ConfigError, match="checkpoint-4 cannot be resumed from: model.safetensors is cut short"):
+        resume_checkpoint(explicit)

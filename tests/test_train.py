@@ -290,7 +290,7 @@ def test_resume_from_checkpoint_continues_where_it_stopped(write_config, tmp_pat
 def test_resume_from_a_folder_that_is_not_a_checkpoint_is_a_config_error(write_config, tmp_path):
     from gym.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="resume_from_checkpoint: .* is not a checkpoint folder"):
+    with pytest.raises(ConfigError, match="resume_from_checkpoint: .* cannot be resumed from: it has no trainer_state.json"):
         run_in_process(write_config, alpaca_config(tmp_path, f"resume_from_checkpoint: {tmp_path}\nmax_steps: 1\n"))
 
 
