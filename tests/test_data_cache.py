@@ -154,3 +154,18 @@ def test_a_warm_cache_is_read_without_importing_torch_or_loading_the_tokenizer(t
     assert all(r.returncode == 0 for r in runs), runs[-1].stderr[-2000:]
     assert "cache: miss" in runs[0].stdout and "cache: hit" in runs[1].stdout
     assert runs[1].stdout.strip().splitlines()[-1].strip() == "NO-TORCH"
+
+
+def test_build_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+    """A run killed with kill -9 leaves its temporary build folder; the next start removes it."""
+    from gym.data.cache import new_build_dir, owner_tag, remove_stale_builds
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = owner_tag().split("~")[0]
+    stale = tmp_path / f".tmp-abc-{host}~{int(dead.stdout)}-1234abcd"
+    stale.mkdir()
+    other_host = tmp_path / f".tmp-abc-elsewhere~{int(dead.stdout)}-1234abcd"
+    other_host.mkdir()
+    live = new_build_dir(tmp_path, "abc")  # this process: alive
+    assert remove_stale_builds(tmp_path, ".tmp-") == [stale.name]
+    assert live.exists() and other_host.exists() and not stale.exists()

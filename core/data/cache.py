@@ -11,7 +11,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -104,10 +106,40 @@ def cache_lock(root: Path, fingerprint: str) -> Iterator[None]:
         yield
 
 
+def owner_tag() -> str:
+    """``<host>~<pid>``: who is building a temporary folder, so a later run can tell a dead build from a live one."""
+    return f"{socket.gethostname().replace('-', '_').replace('~', '_')}~{os.getpid()}"
+
+
 def new_build_dir(root: Path, fingerprint: str) -> Path:
-    path = root / f".tmp-{fingerprint}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path = root / f".tmp-{fingerprint}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
     path.mkdir(parents=True)
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_builds(folder: Path, prefix: str) -> list[str]:
+    """Remove the temporary build folders under ``folder`` named ``<prefix>...-<host>~<pid>-...`` whose process, on
+    this host, is gone (killed with kill -9, say); returns their names. Builds of other hosts are left alone."""
+    host = socket.gethostname().replace("-", "_").replace("~", "_")
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.glob(f"{prefix}*"):
+        match = re.search(r"-([^-~]+)~(\d+)-", path.name)
+        if path.is_dir() and match and match.group(1) == host and not _alive(int(match.group(2))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
 
 
 def build_and_publish(root: Path, fingerprint: str, build: Callable[[Path], Any], final: Path) -> Any | None:

@@ -312,13 +312,15 @@ def prepare_data(cfg: Any, tokenizer: Any = None, manager: Any = None) -> Prepar
         return _build(cfg, tokenizer or _load_tokenizer(cfg), manager, method, out)
 
     if not cfg.dataset_prepared_path:
-        folder = Path(tempfile.mkdtemp(prefix="gym-prepared-"))
+        data_cache.remove_stale_builds(Path(tempfile.gettempdir()), "gym-prepared-")
+        folder = Path(tempfile.mkdtemp(prefix=f"gym-prepared-{data_cache.owner_tag()}-"))
         atexit.register(shutil.rmtree, folder, True)
         report = build(folder)
         report.fingerprint, report.cache = fingerprint, "off"
         return _finish(_load_prepared(folder, report, method), started)
 
     root = Path(cfg.dataset_prepared_path).expanduser()
+    data_cache.remove_stale_builds(root, ".tmp-")
     final = root / fingerprint
     with data_cache.cache_lock(root, fingerprint):
         if not final.exists():
