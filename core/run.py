@@ -86,7 +86,7 @@ def arguments_for(cfg: Any, method: TrainingMethod, train_rows: int, has_eval: b
 
 
 def build_trainer(cfg: Any, method: TrainingMethod, model: Any, tokenizer: Any, prepared: Any, args: Any,
-                  manager: Any) -> Any:
+                  manager: Any, extra_callbacks: tuple[Any, ...] = ()) -> Any:
     """The trainer phase's second half: collators and callbacks from hooks, then the method builds its trainer."""
     from gym.training import SaveFirstStep
 
@@ -99,7 +99,7 @@ def build_trainer(cfg: Any, method: TrainingMethod, model: Any, tokenizer: Any, 
 
     train_collator = collator(True)
     eval_collator = collator(False) if has_eval else None
-    callbacks = list(manager.collected("gym_callbacks", cfg=cfg))
+    callbacks = [*manager.collected("gym_callbacks", cfg=cfg), *extra_callbacks]
     if cfg.early_stopping_patience:
         import transformers
 
@@ -154,7 +154,7 @@ def _run(cfg: Any, manager: Any) -> RunResult:
 
     from gym.data.prepare import prepare_data
     from gym.model import build_model, load_tokenizer
-    from gym.training import checkpoint_step, eval_notes, resume_checkpoint
+    from gym.training import check_resume, checkpoint_step, eval_notes, record_identity_callback, resume_checkpoint, run_identity
     started = time.perf_counter()
     transformers.set_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -175,6 +175,8 @@ def _run(cfg: Any, manager: Any) -> RunResult:
     if cfg.debug:
         for line in method.data_shape.preview(prepared.train, tokenizer):
             say(line)
+    identity = run_identity(cfg, prepared.report.fingerprint)
+    check_resume(cfg, resume, identity)  # never continue another run's checkpoint without a word
     has_eval = prepared.eval is not None and len(prepared.eval) > 0
     for note in eval_notes(cfg, has_eval):
         say(f"note: {note}")
@@ -182,7 +184,8 @@ def _run(cfg: Any, manager: Any) -> RunResult:
     # trainer arguments (before the model: engines such as ZeRO-3 set up how it is loaded), then the model
     args = arguments_for(cfg, method, len(prepared.train), has_eval, manager)
     model = build_model(cfg, tokenizer, manager)
-    trainer = build_trainer(cfg, method, model, tokenizer, prepared, args, manager)
+    trainer = build_trainer(cfg, method, model, tokenizer, prepared, args, manager,
+                            extra_callbacks=(record_identity_callback(identity),))
 
     # train
     plan, precision = args.gym_plan, args.gym_precision

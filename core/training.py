@@ -267,6 +267,79 @@ def checkpoint_step(checkpoint: str | None) -> int:
     return int(state.get("global_step", 0))
 
 
+# ------------------------------------------------------------------------------------ run identity
+
+RUN_FILE = "gym_run.json"  # in every checkpoint: what run made it
+# Keys a resumed run may change without being another run: how long, how often to save / evaluate / log, where.
+MAY_CHANGE_ON_RESUME = frozenset({
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "auto_resume_from_checkpoints", "max_steps",
+    "num_epochs", "save_steps", "saves_per_epoch", "save_strategy", "save_total_limit", "save_first_step",
+    "save_only_model", "eval_steps", "evals_per_epoch", "eval_strategy", "eval_batch_size", "logging_steps",
+    "early_stopping_patience", "debug", "hub_model_id", "hub_strategy", "dataloader_num_workers",
+    "dataloader_pin_memory", "dataset_processes", "dataset_prepared_path", "use_cpu", "plugins", "datasets",
+    "test_datasets",
+})
+
+
+def run_identity(cfg: Any, data_fingerprint: str) -> dict[str, Any]:
+    """What makes a run the same run: the prepared data, and every key but those a resume may change."""
+    from gym.config import redacted
+
+    settings = {k: v for k, v in redacted(cfg).items() if k not in MAY_CHANGE_ON_RESUME}
+    return {"data": data_fingerprint, "settings": settings}
+
+
+def identity_differences(checkpoint: str, identity: dict[str, Any]) -> list[str] | None:
+    """What differs between this run and the run that wrote ``checkpoint`` (``None``: no record there)."""
+    path = Path(checkpoint) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:
+        return ["its gym_run.json cannot be read"]
+    differences = ["the prepared data"] if saved.get("data") != identity["data"] else []
+    ours, theirs = identity["settings"], saved.get("settings", {})
+    for key in sorted(set(ours) | set(theirs)):
+        if ours.get(key) != theirs.get(key):
+            differences.append(f"{key} ({theirs.get(key)!r} there, {ours.get(key)!r} now)")
+    return differences
+
+
+def check_resume(cfg: Any, checkpoint: str | None, identity: dict[str, Any]) -> None:
+    """Refuse to auto-resume another run's checkpoint; say what differs when one was named explicitly."""
+    if not checkpoint:
+        return
+    differences = identity_differences(checkpoint, identity)
+    if differences is None:
+        say(f"note: {checkpoint} has no {RUN_FILE} (another tool or an older gym made it); resuming without a check")
+        return
+    if not differences:
+        return
+    listed = "; ".join(differences[:6]) + (" ..." if len(differences) > 6 else "")
+    if cfg.resume_from_checkpoint:  # named by the user: their call
+        say(f"note: resuming {checkpoint}, made by a run that differs: {listed}")
+        return
+    raise ConfigError(
+        f"auto_resume_from_checkpoints: {checkpoint} was made by a different run ({listed}). Use a new output_dir, "
+        f"or set resume_from_checkpoint: {checkpoint} to resume it anyway"
+    )
+
+
+def record_identity_callback(identity: dict[str, Any]):
+    """A ``TrainerCallback`` writing :data:`RUN_FILE` into each checkpoint it saves (main process)."""
+    from transformers import TrainerCallback
+
+    class RecordRunIdentity(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                (folder / RUN_FILE).write_text(json.dumps(identity, indent=1, default=str))
+            return control
+
+    return RecordRunIdentity()
+
+
 # --------------------------------------------------------------------------------------- callbacks
 
 

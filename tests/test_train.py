@@ -285,6 +285,14 @@ def test_resume_from_checkpoint_continues_where_it_stopped(write_config, tmp_pat
 
     _, auto = run_in_process(write_config, base, overrides=["auto_resume_from_checkpoints=true", "max_steps=5"])
     assert auto.resumed_from == str(out / "checkpoint-4") and auto.steps == 5
+    assert (out / "checkpoint-4" / "gym_run.json").is_file()  # which run made it
+
+    # a different run left in the same output_dir is not continued without a word
+    from gym.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"checkpoint-5 was made by a different run \(learning_rate \(0\.01 there, 0\.02 now\)"):
+        run_in_process(write_config, base, overrides=["auto_resume_from_checkpoints=true", "max_steps=6",
+                                                      "learning_rate=0.02"])
 
 
 def test_resume_from_a_folder_that_is_not_a_checkpoint_is_a_config_error(write_config, tmp_path):
