@@ -321,3 +321,15 @@ def test_cli_reports_a_bad_config_without_a_traceback(write_config, tmp_path):
     assert "optimizer" in result.output and "'adamw_torhc' is not available; did you mean adamw_torch" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()  # rejected before training
+
+
+@pytest.mark.slow
+def test_auto_resume_with_save_total_limit_finishes_cleanly(write_config, tmp_path):
+    """The checkpoint resumed from is rotated away during the run; the summary must not need it afterwards."""
+    base = alpaca_config(tmp_path, "micro_batch_size: 8\nmax_steps: 2\nsave_steps: 1\nsave_total_limit: 1\n"
+                                   "auto_resume_from_checkpoints: true\n")
+    run_in_process(write_config, base)
+    _, resumed = run_in_process(write_config, base, overrides=["max_steps=4"])
+    out = tmp_path / "out"
+    assert resumed.start_step == 2 and resumed.steps == 4 and "steps 2 to 4" in resumed.summary()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
