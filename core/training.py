@@ -151,8 +151,9 @@ def training_arguments(cfg: Any, plan: StepPlan, precision: HardwarePrecision, h
     for key in ("adam_beta1", "adam_beta2", "adam_epsilon"):
         if getattr(cfg, key) is not None:
             args[key] = getattr(cfg, key)
+    # Always said: some arguments classes (TRL's) turn checkpointing on by default; the config decides.
+    args["activation_checkpointing"] = bool(cfg.gradient_checkpointing)
     if cfg.gradient_checkpointing:
-        args["activation_checkpointing"] = True
         args["activation_checkpointing_kwargs"] = dict(cfg.gradient_checkpointing_kwargs or {"use_reentrant": False})
     if cfg.dataloader_num_workers is not None:
         args["dataloader_num_workers"] = cfg.dataloader_num_workers

@@ -379,8 +379,6 @@ def grpo_arguments(cfg: Any) -> dict[str, Any]:
             if getattr(vllm_settings, key) is not None:
                 values[target] = getattr(vllm_settings, key)
     values.setdefault("max_completion_length", 512)
-    # TRL's configs turn gradient checkpointing on by default; gym's key decides (the core maps it when true).
-    values["gradient_checkpointing"] = bool(getattr(cfg, "gradient_checkpointing", False))
     return values
 
 

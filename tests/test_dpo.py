@@ -219,3 +219,16 @@ def test_dpo_after_a_short_sft_learns_the_preference(tmp_path):
           f"margin {dpo.metrics['eval_rewards_margins']:+.4f}")
     assert dpo.metrics["eval_rewards_accuracies"] > 0.6 and dpo.metrics["eval_rewards_margins"] > 0
     assert after[0] >= before[0] - 0.1
+
+
+def test_trl_configs_do_not_turn_checkpointing_on_behind_the_configs_back(tmp_path):
+    """TRL's configs default gradient checkpointing to on; gym's gradient_checkpointing key decides."""
+    from gym import testing
+    from gym.api import get_plugin_manager
+    from gym.run import arguments_for
+
+    cfg = testing.validate({"base_model": "builtin:tiny-llama-micro", "rl": "dpo", "output_dir": str(tmp_path),
+                            "datasets": [{"path": "builtin:addition-preferences?rows=50", "type": "passthrough"}]})
+    manager = get_plugin_manager()
+    args = arguments_for(cfg, manager.training_method(cfg), 50, False, manager)
+    assert args.activation_checkpointing is False and args.gradient_checkpointing is False
