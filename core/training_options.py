@@ -30,6 +30,16 @@ SCHEDULERS = (
     "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
 )
 HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
+# The keyword arguments each scheduler takes through lr_scheduler_kwargs (None: any, passed on to torch's class).
+SCHEDULER_KWARGS: dict[str, tuple[str, ...] | None] = {
+    "linear": (), "cosine": ("num_cycles",), "cosine_with_restarts": ("num_cycles",),
+    "polynomial": ("lr_end", "power"), "constant": (), "constant_with_warmup": (), "inverse_sqrt": ("timescale",),
+    "reduce_lr_on_plateau": None, "cosine_with_min_lr": ("num_cycles", "min_lr", "min_lr_rate"),
+    "cosine_warmup_with_min_lr": ("num_cycles", "min_lr", "min_lr_rate", "warmup_lr_rate"),
+    "warmup_stable_decay": ("num_decay_steps", "num_stable_steps", "warmup_type", "decay_type", "min_lr_ratio",
+                            "num_cycles"),
+    "greedy": None,
+}
 
 
 def _choice(value: str, known: tuple[str, ...], aliases: dict[str, str]) -> tuple[str | None, str]:
@@ -61,6 +71,14 @@ def training_problems(cfg: Any) -> list[tuple[str, str]]:
         problems.append(("lr_scheduler", message))
     if cfg.cosine_min_lr_ratio is not None and scheduler not in (None, "cosine", "cosine_with_min_lr"):
         problems.append(("cosine_min_lr_ratio", f"applies to lr_scheduler: cosine, not {cfg.lr_scheduler!r}"))
+    if scheduler is not None and cfg.lr_scheduler_kwargs:
+        effective = "cosine_with_min_lr" if cfg.cosine_min_lr_ratio is not None else scheduler
+        accepted = SCHEDULER_KWARGS.get(effective)
+        unknown = sorted(set(cfg.lr_scheduler_kwargs) - set(accepted)) if accepted is not None else []
+        if unknown:
+            takes = ", ".join(accepted) if accepted else "no arguments"
+            problems.append(("lr_scheduler_kwargs", f"{', '.join(unknown)}: not an argument of the {effective} "
+                             f"scheduler (it takes {takes})"))
     for what in ("save", "eval"):
         per_epoch, steps, strategy = (
             getattr(cfg, f"{what}s_per_epoch"), getattr(cfg, f"{what}_steps"), getattr(cfg, f"{what}_strategy")

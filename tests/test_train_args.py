@@ -35,6 +35,33 @@ def test_option_lists_match_the_installed_transformers():
     assert set(training_options.HUB_STRATEGIES) == {h.value for h in HubStrategy}
 
 
+def test_scheduler_arguments_match_the_installed_transformers():
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+
+    from gym import training_options
+
+    fixed = {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"}
+    for kind, function in TYPE_TO_SCHEDULER_FUNCTION.items():
+        params = inspect.signature(function).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            assert training_options.SCHEDULER_KWARGS[kind.value] is None, kind.value
+        else:
+            assert set(training_options.SCHEDULER_KWARGS[kind.value]) == set(params) - fixed, kind.value
+
+
+def test_a_scheduler_argument_it_does_not_take_is_a_validate_error(write_config):
+    from gym.config import load_config
+    from gym.errors import ConfigError
+
+    path = write_config("base_model: builtin:tiny-llama-micro\ndatasets:\n  - path: a.jsonl\n    type: alpaca\n"
+                        "lr_scheduler: cosine\nlr_scheduler_kwargs: {num_cycles: 0.5, power: 2}\n")
+    with pytest.raises(ConfigError, match=r"lr_scheduler_kwargs .*power: not an argument of the cosine scheduler "
+                                          r"\(it takes num_cycles\)"):
+        load_config(path)
+
+
 def test_step_plan_counts_batches_accumulation_and_epochs(write_config):
     from gym.training import plan_steps
 
