@@ -49,6 +49,19 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def push_problem(repo_id: str) -> str | None:
+    """Why a push to ``repo_id`` at the end of a run would fail, found before the run starts, or ``None``."""
+    if hub_offline():
+        return "the hub is offline here (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set)"
+    from huggingface_hub import get_token
+
+    if not get_token():
+        return "no hub token is set (HF_TOKEN, or `hf auth login`)"
+    if not hub_reachable():
+        return "the hub cannot be reached from here"
+    return None
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the hub answers at all (a quick TCP connect), unless offline mode is set."""
     if hub_offline():

@@ -165,6 +165,12 @@ def _run(cfg: Any, manager: Any) -> RunResult:
 
         for note in prepare_output_dir(cfg):  # before any work: a bad output_dir must not cost a whole run
             say(f"note: {note}")
+    if cfg.hub_model_id:
+        from gym.hub import push_problem
+
+        problem = push_problem(cfg.hub_model_id)
+        if problem:  # said now, not after hours of training
+            raise ConfigError(f"hub_model_id: the model cannot be pushed to {cfg.hub_model_id}: {problem}")
 
     # data
     tokenizer = load_tokenizer(cfg)

@@ -83,3 +83,19 @@ def test_auto_resume_takes_the_newest_complete_checkpoint_and_names_those_skippe
     explicit = cfg_for(tmp_path, out, resume_from_checkpoint=str(out / "checkpoint-4"))
     with pytest.raises(ConfigError, match="checkpoint-4 cannot be resumed from: model.safetensors is cut short"):
         resume_checkpoint(explicit)
+
+
+def test_a_push_that_cannot_happen_is_refused_before_any_work(tmp_path, monkeypatch):
+    """No network here: offline mode, or no token, must stop the run before the data is even read."""
+    from gym.run import run
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = cfg_for(tmp_path, tmp_path / "out", hub_model_id="me/my-model")
+    cfg.datasets[0].path = str(tmp_path / "never-read.jsonl")  # does not exist: reading it would fail differently
+    with pytest.raises(ConfigError, match=r"hub_model_id: the model cannot be pushed to me/my-model: the hub is offline"):
+        run(cfg)
+    from gym import hub
+
+    monkeypatch.setattr(hub, "hub_offline", lambda: False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    assert "no hub token" in hub.push_problem("me/my-model")
