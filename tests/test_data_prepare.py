@@ -200,7 +200,7 @@ def test_third_party_strategy_errors_are_located(manager, tok, tmp_path):
     local.load_entry_points(environ={"GYM_PLUGINS": "sft,alpaca,chat_template,completion,input_output,pretrain,user_defined"})
     local.register(Plugin(), "upper-plugin")
     path = write_jsonl(tmp_path / "w.jsonl", [{"word": "hello there"}, {"word": 7}, {"word": "fine words"}])
-    with pytest.raises(DataError, match=r"w.jsonl \(upper\), row 1: the strategy failed: AttributeError"):
+    with pytest.raises(DataError, match=r"w.jsonl \(upper\), row 1 \(line 2\): the strategy failed: AttributeError"):
         prepare_data(make_cfg(local, [{"path": path, "type": "upper"}]), tok, manager=local)
 
 
@@ -256,3 +256,11 @@ def test_a_folder_of_several_file_formats_is_an_error_naming_them(manager, tok, 
     (folder / "b.csv").write_text("instruction,input,output\nx,,y\n")
     with pytest.raises(DataError, match=r"several formats \(csv: b.csv; json: a.jsonl\).*data_files"):
         prepare_data(make_cfg(manager, [{"path": str(folder), "type": "alpaca"}]), tok, manager=manager)
+
+
+def test_a_bad_row_in_a_jsonl_file_names_the_line_an_editor_shows(manager, tok, tmp_path):
+    path = tmp_path / "lines.jsonl"
+    rows = [json.dumps(r) for r in alpaca_rows(4)] + [json.dumps({"instruction": None, "input": "", "output": "y"})]
+    path.write_text(rows[0] + "\n\n" + "\n".join(rows[1:]) + "\n")  # a blank line after the first row
+    with pytest.raises(DataError, match=r"lines.jsonl \(alpaca\), row 4 \(line 6\), field 'instruction'"):
+        prepare_data(make_cfg(manager, [{"path": str(path), "type": "alpaca"}]), tok, manager=manager)

@@ -124,6 +124,30 @@ def _load_local(entry: Any, path: Path, num_proc: int | None, cache_dir: str | N
     return _guard(entry, lambda: datasets.load_dataset(str(path), **kwargs))
 
 
+def line_of_row(entry: Any, row: int) -> int | None:
+    """The 1-based line of row ``row`` (0-based) in a local JSON-lines file, as an editor shows it (blank lines
+    are skipped by the reader, so they are skipped here); ``None`` for other files. Read only on the error path."""
+    try:
+        path = resolve_path(entry)
+    except Exception:  # a hub dataset, a bad builtin name: no file lines to name
+        return None
+    if not path.is_file() or data_format(path, entry.ds_type) != "json" or entry.shards:
+        return None
+    if path.suffix.lower() in COMPRESSION_EXTENSIONS:
+        return None
+    seen = -1
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            stripped = line.strip()
+            if number == 1 and stripped.startswith(b"["):
+                return None  # a JSON array, not JSON lines
+            if stripped:
+                seen += 1
+                if seen == row:
+                    return number
+    return None
+
+
 def _is_blank(path: Path, limit: int = 1 << 20) -> bool:
     """Whether an uncompressed text file holds nothing but whitespace (checked for files up to ``limit`` bytes)."""
     size = path.stat().st_size

@@ -20,11 +20,12 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
 from gym.data import cache as data_cache
-from gym.data.loading import content_fingerprint, describe, load_entry
+from gym.data.loading import content_fingerprint, describe, line_of_row, load_entry
 from gym.datasets_api import RowError
 from gym.errors import DataError, GymError
 from gym.methods import SourceCounts
@@ -139,10 +140,12 @@ class PreparedData:
 class StrategyBatch:
     """The ``Dataset.map`` function: run the strategy on a batch, check its columns, locate its errors."""
 
-    def __init__(self, converter: Any, columns: tuple[str, ...], path: str, type_name: str):
+    def __init__(self, converter: Any, columns: tuple[str, ...], entry: Any, type_name: str):
         self.converter = converter
         self.columns = columns
-        self.path = path
+        # what naming a line needs, as plain data: worker processes get a pickled copy of this object
+        self.entry = SimpleNamespace(path=entry.path, ds_type=entry.ds_type, shards=entry.shards)
+        self.path = entry.path
         self.type_name = type_name
 
     def __call__(self, rows: dict[str, list], indices: list[int]) -> dict[str, list]:
@@ -176,9 +179,11 @@ class StrategyBatch:
                 except Exception as single:
                     row, exc = i, single
                     break
-        where = f"row {indices[row]}" if row is not None and row < len(indices) else (
-            f"rows {indices[0]}-{indices[-1]}" if indices else "a row"
-        )
+        if row is not None and row < len(indices):
+            line = line_of_row(self.entry, indices[row])
+            where = f"row {indices[row]}" + (f" (line {line})" if line else "")
+        else:
+            where = f"rows {indices[0]}-{indices[-1]}" if indices else "a row"
         if isinstance(exc, RowError):
             field_name = f", field {exc.field!r}" if exc.field else ""
             return DataError(f"dataset {self.path} ({self.type_name}), {where}{field_name}: {exc}")
@@ -218,7 +223,7 @@ def _convert_entry(
     if num_proc is not None and (num_proc <= 1 or len(raw) < 2 * MAP_BATCH_SIZE):
         num_proc = None
     converted = raw.map(
-        StrategyBatch(converter, strategy.columns, entry.path, type_name),
+        StrategyBatch(converter, strategy.columns, entry, type_name),
         batched=True,
         batch_size=MAP_BATCH_SIZE,
         with_indices=True,
