@@ -132,7 +132,12 @@ class KtoRows(CheckedTextRows):
 def build_trainer(parts: Any) -> Any:
     from trl import KTOTrainer
 
-    from gym.plugins.preference import _is_adapter_model, drop_reference_adapter_callback, figures_callback
+    from gym.plugins.preference import (
+        _is_adapter_model,
+        drop_reference_adapter_callback,
+        figures_callback,
+        use_base_as_reference,
+    )
 
     adapter = _is_adapter_model(parts.model)
     precompute = getattr(parts.cfg, "precompute_ref_log_probs", None)
@@ -140,7 +145,7 @@ def build_trainer(parts: Any) -> Any:
     callbacks = [*parts.callbacks, figures_callback(NAME)]
     if adapter:
         callbacks.append(drop_reference_adapter_callback())
-    return KTOTrainer(
+    trainer = KTOTrainer(
         model=parts.model,
         ref_model=ref_model,
         args=parts.args,
@@ -150,6 +155,7 @@ def build_trainer(parts: Any) -> Any:
         processing_class=parts.tokenizer,
         callbacks=callbacks,
     )
+    return use_base_as_reference(trainer, parts.cfg)
 
 
 @hookimpl

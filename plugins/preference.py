@@ -200,6 +200,18 @@ def drop_reference_adapter_callback():
 # ------------------------------------------------------------------------------------------ trainers
 
 
+def use_base_as_reference(trainer: Any, cfg: Any) -> Any:
+    """A new adapter starts as the identity, so the base model with the adapter disabled is its reference: drop
+    the frozen copy TRL makes of it (``ref``), which would hold the adapter's weights a second time. An adapter
+    continued from ``lora_model_dir`` keeps TRL's copy: it is not the identity."""
+    model = trainer.model
+    config = getattr(model, "peft_config", None)
+    if isinstance(config, dict) and "ref" in config and not getattr(cfg, "lora_model_dir", None):
+        model.delete_adapter("ref")
+        model.set_adapter("default")
+    return trainer
+
+
 def _is_adapter_model(model: Any) -> bool:
     try:
         from peft import PeftModel
@@ -209,9 +221,9 @@ def _is_adapter_model(model: Any) -> bool:
 
 
 def build_dpo_trainer(parts: TrainerParts) -> Any:
-    """TRL's ``DPOTrainer`` (dpo, ipo). With an adapter, ``ref_model=None``: TRL computes the reference from
-    the base model (a frozen copy of the untrained adapter, equal to the base when it starts from zero); full
-    fine-tuning gets a frozen copy of the base (unless the reference log-probs are precomputed)."""
+    """TRL's ``DPOTrainer`` (dpo, ipo). With an adapter, ``ref_model=None`` and the reference is the base model
+    with the adapter disabled (no second copy); full fine-tuning gets a frozen copy of the base (unless the
+    reference log-probs are precomputed)."""
     from trl import DPOTrainer
 
     cfg = parts.cfg
@@ -220,7 +232,7 @@ def build_dpo_trainer(parts: TrainerParts) -> Any:
     callbacks = [*parts.callbacks, figures_callback(cfg.rl)]
     if adapter:
         callbacks.append(drop_reference_adapter_callback())
-    return DPOTrainer(
+    trainer = DPOTrainer(
         model=parts.model,
         ref_model=ref_model,
         args=parts.args,
@@ -230,6 +242,7 @@ def build_dpo_trainer(parts: TrainerParts) -> Any:
         processing_class=parts.tokenizer,
         callbacks=callbacks,
     )
+    return use_base_as_reference(trainer, cfg)
 
 
 def build_reference_free_trainer(parts: TrainerParts) -> Any:

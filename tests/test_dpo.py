@@ -101,6 +101,8 @@ def run(tmp_path, **keys):
 def test_dpo_with_an_adapter_trains_and_reports_the_rewards(tmp_path):
     result = run(tmp_path, adapter="lora", lora_target_linear=True)
     assert result.method == "dpo" and result.steps == 2
+    # the reference is the base with the adapter disabled: no second copy of the adapter is held
+    assert list(result.trainer.model.peft_config) == ["default"]
     for key in ("rewards_chosen", "rewards_rejected", "rewards_margins", "rewards_accuracies"):
         assert key in result.metrics
     assert any(line.startswith("dpo rewards at the last log: chosen") and "accuracies" in line for line in result.notes)
