@@ -106,13 +106,11 @@ class GymPluginManager:
         only = {n.strip() for n in env.get(ENV_ONLY, "").split(",") if n.strip()}
         builtin_only = _truthy(env.get(ENV_DISABLE_AUTOLOAD))
         found = list(metadata.entry_points(group=GROUP))
-        own = sorted((ep for ep in found if _is_own(ep)), key=lambda e: e.name)
-        others = sorted((ep for ep in found if not _is_own(ep)), key=lambda e: e.name)
+        origin = _origins(found)
+        own = sorted((ep for ep in found if origin[id(ep)][2]), key=lambda e: e.name)
+        others = sorted((ep for ep in found if not origin[id(ep)][2]), key=lambda e: e.name)
         for ep in own + others:
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.metadata["Name"] if dist is not None else "(unknown distribution)"
-            version = dist.version if dist is not None else ""
-            builtin = _is_own(ep)
+            dist_name, version, builtin = origin[id(ep)]
             if only and ep.name not in only:
                 continue
             if builtin_only and not builtin:
@@ -343,9 +341,23 @@ class GymPluginManager:
         return self.call_each("gym_validate_config", cfg=cfg)
 
 
-def _is_own(ep: Any) -> bool:
-    dist = getattr(ep, "dist", None)
-    return dist is not None and _normal(dist.metadata["Name"]) == _normal(OWN_DISTRIBUTION)
+def _origins(entry_points: list[Any]) -> dict[int, tuple[str, str, bool]]:
+    """``id(entry point) -> (distribution name, version, is gym's own)``, reading each distribution's metadata once
+    (parsing it is most of the cost of listing plugins)."""
+    by_dist: dict[Any, tuple[str, str, bool]] = {}
+    origins = {}
+    for ep in entry_points:
+        dist = getattr(ep, "dist", None)
+        key = getattr(dist, "_path", None) or id(dist)
+        if key not in by_dist:
+            if dist is None:
+                by_dist[key] = ("(unknown distribution)", "", False)
+            else:
+                meta = dist.metadata
+                name = meta["Name"]
+                by_dist[key] = (name, meta["Version"], _normal(name) == _normal(OWN_DISTRIBUTION))
+        origins[id(ep)] = by_dist[key]
+    return origins
 
 
 def _normal(name: str) -> str:
