@@ -132,30 +132,9 @@ class KtoRows(CheckedTextRows):
 def build_trainer(parts: Any) -> Any:
     from trl import KTOTrainer
 
-    from gym.plugins.preference import (
-        _is_adapter_model,
-        drop_reference_adapter_callback,
-        figures_callback,
-        use_base_as_reference,
-    )
+    from gym.plugins.preference import build_with_reference
 
-    adapter = _is_adapter_model(parts.model)
-    precompute = getattr(parts.cfg, "precompute_ref_log_probs", None)
-    ref_model = None if adapter or precompute else parts.reference_model()
-    callbacks = [*parts.callbacks, figures_callback(NAME)]
-    if adapter:
-        callbacks.append(drop_reference_adapter_callback())
-    trainer = KTOTrainer(
-        model=parts.model,
-        ref_model=ref_model,
-        args=parts.args,
-        data_collator=parts.train_collator,
-        train_dataset=parts.train_dataset,
-        eval_dataset=parts.eval_dataset,
-        processing_class=parts.tokenizer,
-        callbacks=callbacks,
-    )
-    return use_base_as_reference(trainer, parts.cfg)
+    return build_with_reference(KTOTrainer, parts, NAME)
 
 
 @hookimpl

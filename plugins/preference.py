@@ -220,19 +220,17 @@ def _is_adapter_model(model: Any) -> bool:
     return isinstance(model, PeftModel)
 
 
-def build_dpo_trainer(parts: TrainerParts) -> Any:
-    """TRL's ``DPOTrainer`` (dpo, ipo). With an adapter, ``ref_model=None`` and the reference is the base model
-    with the adapter disabled (no second copy); full fine-tuning gets a frozen copy of the base (unless the
-    reference log-probs are precomputed)."""
-    from trl import DPOTrainer
-
-    cfg = parts.cfg
+def build_with_reference(trainer_class: Any, parts: TrainerParts, method: str) -> Any:
+    """A TRL trainer that trains against a reference (DPO, KTO). With an adapter, ``ref_model=None`` and the
+    reference is the base model with the adapter disabled (no second copy); full fine-tuning gets a frozen copy of
+    the base, unless the reference log-probs are precomputed."""
     adapter = _is_adapter_model(parts.model)
-    ref_model = None if adapter or cfg.precompute_ref_log_probs else parts.reference_model()
-    callbacks = [*parts.callbacks, figures_callback(cfg.rl)]
+    precompute = getattr(parts.cfg, "precompute_ref_log_probs", None)
+    ref_model = None if adapter or precompute else parts.reference_model()
+    callbacks = [*parts.callbacks, figures_callback(method)]
     if adapter:
         callbacks.append(drop_reference_adapter_callback())
-    trainer = DPOTrainer(
+    trainer = trainer_class(
         model=parts.model,
         ref_model=ref_model,
         args=parts.args,
@@ -242,7 +240,14 @@ def build_dpo_trainer(parts: TrainerParts) -> Any:
         processing_class=parts.tokenizer,
         callbacks=callbacks,
     )
-    return use_base_as_reference(trainer, cfg)
+    return use_base_as_reference(trainer, parts.cfg)
+
+
+def build_dpo_trainer(parts: TrainerParts) -> Any:
+    """TRL's ``DPOTrainer`` (dpo, ipo), built as :func:`build_with_reference` says."""
+    from trl import DPOTrainer
+
+    return build_with_reference(DPOTrainer, parts, parts.cfg.rl)
 
 
 def build_reference_free_trainer(parts: TrainerParts) -> Any:
