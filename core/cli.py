@@ -82,13 +82,33 @@ class _Registrar(click.Group):
 
 @click.group(cls=GymGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="gym")
-def main() -> None:
+@click.option("--verbose", "-v", is_flag=True, help="Also show the libraries' own warnings (deprecations, notices).")
+def main(verbose: bool) -> None:
     """Fine-tune large language models from one YAML config.
 
     \b
     Overrides are KEY=VALUE pairs applied over the file:
       gym run cfg.yml learning_rate=1e-4 datasets.0.path=data.jsonl
     """
+    if not verbose:
+        quiet_libraries()
+
+
+# Libraries whose warnings say nothing a gym user can act on (deprecations inside them, optional kernels).
+QUIET_LIBRARIES = ("transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets", "torch", "huggingface_hub")
+
+
+def quiet_libraries() -> None:
+    """Hide the training stack's deprecation warnings and notices (``gym --verbose`` shows them); gym's own
+    messages and every error are still shown. Imports nothing."""
+    import logging
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        for library in QUIET_LIBRARIES:
+            warnings.filterwarnings("ignore", category=category, module=rf"{library}(\.|$)")
+    for library in QUIET_LIBRARIES:
+        logging.getLogger(library).setLevel(logging.ERROR)
 
 
 def _load(config: str, overrides: tuple[str, ...], quiet: bool = False):

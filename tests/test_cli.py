@@ -114,3 +114,22 @@ def test_third_party_key_is_validated(qa_plugin, write_config):
     assert code == 2 and "qa_answer_prefix" in err and "must not be blank" in err
     code, _, err, _ = gym("validate", path, "qa_answer_prefix=Answer:", env=qa_plugin)
     assert code == 0, err
+
+
+def test_library_warnings_are_hidden_unless_verbose():
+    import logging
+    import warnings
+
+    from gym.cli import quiet_libraries
+
+    level = logging.getLogger("transformers").level
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_libraries()
+        warnings.warn_explicit("`gradient_checkpointing` is deprecated", FutureWarning, "modeling_utils.py", 1,
+                               module="transformers.modeling_utils")
+        warnings.warn_explicit("a warning of gym's own", UserWarning, "run.py", 1, module="gym.run")
+    logging.getLogger("transformers").setLevel(level)
+    assert [str(w.message) for w in caught] == ["a warning of gym's own"]
+    code, out, err, _ = gym("--help")
+    assert code == 0 and "--verbose" in out
