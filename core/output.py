@@ -8,6 +8,7 @@ launcher's environment, so it needs no ``torch.distributed`` set-up and works be
 from __future__ import annotations
 
 import os
+import sys
 
 
 def process_rank() -> int:
@@ -22,6 +23,53 @@ def process_rank() -> int:
 def is_main_process() -> bool:
     """Whether this process is the one that prints and writes (global rank 0)."""
     return process_rank() == 0
+
+
+def on_terminal() -> bool:
+    """Whether gym's output goes to a terminal (progress bars) or to a log file / pipe (plain lines)."""
+    return sys.stderr.isatty()
+
+
+def plain_progress() -> None:
+    """Not on a terminal (CI, nohup, SLURM logs): no carriage-return progress bars from the libraries."""
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+
+
+def progress_callback():
+    """A ``TrainerCallback`` printing one plain line per logging step (step/total, loss, lr, elapsed, ETA): what a
+    log file gets instead of the progress bar."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class PlainProgress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started, self.first_step = time.perf_counter(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs or not state.is_world_process_zero:
+                return
+            elapsed = time.perf_counter() - self.started
+            done = max(state.global_step - self.first_step, 1)
+            eta = elapsed / done * max(state.max_steps - state.global_step, 0)
+            parts = [f"step {state.global_step}/{state.max_steps}", f"loss {float(logs['loss']):.4f}"]
+            if "learning_rate" in logs:
+                parts.append(f"lr {float(logs['learning_rate']):.3g}")
+            parts += [f"elapsed {elapsed:.0f}s", f"ETA {eta:.0f}s"]
+            say(", ".join(parts))
+
+    return PlainProgress()
 
 
 def say(message: str) -> None:

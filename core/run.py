@@ -24,7 +24,7 @@ from typing import Any
 
 from gym.errors import ConfigError, GymError
 from gym.methods import TrainerParts, TrainingMethod, load_object
-from gym.output import is_main_process, say
+from gym.output import is_main_process, on_terminal, plain_progress, say
 
 
 @dataclass
@@ -106,6 +106,10 @@ def build_trainer(cfg: Any, method: TrainingMethod, model: Any, tokenizer: Any, 
         callbacks.append(transformers.EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     if cfg.save_first_step:
         callbacks.append(SaveFirstStep())
+    if not on_terminal():
+        from gym.output import progress_callback
+
+        callbacks.append(progress_callback())
     parts = TrainerParts(
         cfg=cfg,
         model=model,
@@ -145,6 +149,8 @@ def run(cfg: Any, manager: Any = None) -> RunResult:
     from gym.plugin_manager import get_plugin_manager, using_plugin_manager
 
     manager = manager or get_plugin_manager()
+    if not on_terminal():
+        plain_progress()
     with using_plugin_manager(manager):  # every phase, and every hook that asks, sees this manager
         return _run(cfg, manager)
 
@@ -192,6 +198,10 @@ def _run(cfg: Any, manager: Any) -> RunResult:
     model = build_model(cfg, tokenizer, manager)
     trainer = build_trainer(cfg, method, model, tokenizer, prepared, args, manager,
                             extra_callbacks=(record_identity_callback(identity),))
+    if not on_terminal() and hasattr(trainer, "remove_callback"):  # gym's plain lines replace the raw log dicts
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
 
     # train
     plan, precision = args.gym_plan, args.gym_precision

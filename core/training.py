@@ -17,7 +17,7 @@ from typing import Any
 
 from gym import training_options
 from gym.errors import ConfigError, DataError
-from gym.output import say
+from gym.output import on_terminal, say
 
 # ------------------------------------------------------------------------------------------ hardware
 
@@ -144,7 +144,7 @@ def training_arguments(cfg: Any, plan: StepPlan, precision: HardwarePrecision, h
         "report_to": "none",
         "use_cpu": not precision.cuda,
         "dataloader_pin_memory": precision.cuda if cfg.dataloader_pin_memory is None else cfg.dataloader_pin_memory,
-        "disable_tqdm": False,
+        "disable_tqdm": not on_terminal(),  # a log file gets plain lines (gym.output.progress_callback)
     }
     if precision.tf32 is not None:
         args["tf32"] = precision.tf32

@@ -133,3 +133,21 @@ def test_library_warnings_are_hidden_unless_verbose():
     assert [str(w.message) for w in caught] == ["a warning of gym's own"]
     code, out, err, _ = gym("--help")
     assert code == 0 and "--verbose" in out
+
+
+@pytest.mark.slow
+def test_a_log_file_gets_plain_lines_not_progress_bars(tmp_path):
+    """Not on a terminal (CI, nohup, SLURM): no carriage-return redraws, one plain line per logging step."""
+    config = tmp_path / "c.yml"
+    config.write_text(
+        "base_model: builtin:tiny-llama-micro\ndatasets:\n  - path: builtin:addition?rows=200\n    type: alpaca\n"
+        f"max_steps: 6\nlogging_steps: 2\nmicro_batch_size: 4\noutput_dir: {tmp_path / 'out'}\n"
+    )
+    code, out, err, _ = gym("run", str(config))
+    log = out + err
+    assert code == 0, err[-2000:]
+    assert "\r" not in log
+    steps = [line for line in log.splitlines() if line.startswith("[gym] step ")]
+    assert [line.split(",")[0] for line in steps] == ["[gym] step 1/6", "[gym] step 2/6", "[gym] step 4/6",
+                                                      "[gym] step 6/6"]
+    assert "ETA" in steps[-1] and not any(line.startswith("{'loss'") for line in log.splitlines())
