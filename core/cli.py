@@ -94,21 +94,20 @@ def main(verbose: bool) -> None:
         quiet_libraries()
 
 
-# Libraries whose warnings say nothing a gym user can act on (deprecations inside them, optional kernels).
-QUIET_LIBRARIES = ("transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets", "torch", "huggingface_hub")
-
-
 def quiet_libraries() -> None:
-    """Hide the training stack's deprecation warnings and notices (``gym --verbose`` shows them); gym's own
-    messages and every error are still shown. Imports nothing."""
+    """Hide the warnings and notices of every library but gym (deprecations inside the training stack, optional
+    kernels it could not load): ``gym --verbose`` shows them. gym's own messages and every error still show.
+    Imports nothing."""
     import logging
+    import os
     import warnings
 
     for category in (FutureWarning, DeprecationWarning, UserWarning):
-        for library in QUIET_LIBRARIES:
-            warnings.filterwarnings("ignore", category=category, module=rf"{library}(\.|$)")
-    for library in QUIET_LIBRARIES:
-        logging.getLogger(library).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=category, module=r"(?!gym(\.|$))")
+    logging.getLogger().setLevel(logging.ERROR)  # libraries that log through the root logger
+    logging.getLogger("gym").setLevel(logging.WARNING)  # gym's own warnings still reach the console
+    for variable in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):  # read when those libraries start
+        os.environ.setdefault(variable, "error")
 
 
 def _load(config: str, overrides: tuple[str, ...], quiet: bool = False):

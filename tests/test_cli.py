@@ -122,14 +122,19 @@ def test_library_warnings_are_hidden_unless_verbose():
 
     from gym.cli import quiet_libraries
 
-    level = logging.getLogger("transformers").level
+    import os
+
+    root, environ = logging.getLogger().level, dict(os.environ)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet_libraries()
         warnings.warn_explicit("`gradient_checkpointing` is deprecated", FutureWarning, "modeling_utils.py", 1,
                                module="transformers.modeling_utils")
         warnings.warn_explicit("a warning of gym's own", UserWarning, "run.py", 1, module="gym.run")
-    logging.getLogger("transformers").setLevel(level)
+    assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
+    logging.getLogger().setLevel(root)
+    os.environ.clear()
+    os.environ.update(environ)
     assert [str(w.message) for w in caught] == ["a warning of gym's own"]
     code, out, err, _ = gym("--help")
     assert code == 0 and "--verbose" in out
