@@ -16,7 +16,7 @@ Groups:
   ``get_plugin_manager``;
 - **errors**: ``GymError``, ``ConfigError``, ``DataError``, ``ModelError``, ``PluginError``, ``RowError``;
 - **methods and data**: ``TrainingMethod``, ``TrainerParts``, ``DataShape``, ``SourceCounts``,
-  ``DatasetStrategy``, ``BuiltinDataset``, ``parse_options``, ``gym_home``, ``publish``;
+  ``DatasetStrategy``, ``BuiltinDataset``, ``parse_options``, ``write_rows_once``, ``gym_home``, ``publish``;
 - **the strategy toolkit**: ``IGNORE_INDEX``, ``Segment``, ``SegmentEncoder``, ``column``, ``text_at``,
   ``row_error``, ``train_on_inputs_for``, ``split_into_pieces``, ``PromptFormat``, ``InstructionStrategy``,
   ``TextStrategy``, ``ChatRenderer``, ``SpanLabeler``, ``TemplateError``, ``resolve_chat_template``,
@@ -59,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "DatasetStrategy": "gym.datasets_api",
     "BuiltinDataset": "gym.datasets_api",
     "parse_options": "gym.builtin_data",
+    "write_rows_once": "gym.builtin_data",
     "gym_home": "gym.builtin",
     "publish": "gym.files",
     # the strategy toolkit
@@ -111,7 +112,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names load on first use
     from gym.builtin import gym_home
-    from gym.builtin_data import parse_options
+    from gym.builtin_data import parse_options, write_rows_once
     from gym.chat_templates import CHAT_TEMPLATE_NAMES, is_known_chat_template, resolve_chat_template
     from gym.config import ConfigProblem, config_folder, load_config, strategy_of
     from gym.plugin_manager import get_plugin_manager

@@ -6,7 +6,11 @@ local file of such a path. :func:`parse_options` is the toolkit for the options 
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
 
 from gym.errors import ConfigError, DataError, GymError
 from gym.methods import load_object
@@ -51,6 +55,30 @@ def materialize_dataset(path: str, manager: Any = None) -> str:
     if not is_builtin(path):
         raise DataError(f"{path!r} is not a built-in dataset (those start with {PREFIX!r})")
     return load_object(_find(path, manager).materialize)(path)
+
+
+def write_rows_once(file_name: str, rows: Iterable[dict[str, Any]]) -> str:
+    """The path of ``$GYM_HOME/datasets/<file_name>``, a JSON-lines file of ``rows`` written the first time (through
+    a temporary file renamed into place, so a reader never sees half of it). ``rows`` is consumed only then; name
+    the file after everything that decides the rows (a version, the options)."""
+    from gym.builtin import gym_home
+    from gym.files import publish
+
+    root = gym_home() / "datasets"
+    final = root / file_name
+    if final.is_file():
+        return str(final)
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{file_name}-", dir=root)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    publish(Path(tmp), final)
+    return str(final)
 
 
 def parse_options(path: str, allowed: dict[str, tuple[int, int]]) -> dict[str, int]:

@@ -13,13 +13,9 @@ training rows (the first ``datasets`` entry's ``type``), so the evaluation sees 
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import tempfile
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 
 from pydantic import Field
@@ -29,10 +25,9 @@ from gym.api import (
     BuiltinDataset,
     ConfigError,
     StrictConfig,
-    gym_home,
     hookimpl,
     parse_options,
-    publish,
+    write_rows_once,
     say,
 )
 
@@ -144,21 +139,7 @@ def addition_task(path: str) -> AdditionTask:
 def materialize(path: str) -> str:
     """The local jsonl file of a ``builtin:addition?...`` path, generated into the gym cache the first time."""
     task = addition_task(path)
-    root = gym_home() / "datasets"
-    final = root / task.file_name()
-    if final.is_file():
-        return str(final)
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".addition-", suffix=".jsonl", dir=root)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            for row in task.training_rows():
-                handle.write(json.dumps(row) + "\n")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    publish(Path(tmp), final)
-    return str(final)
+    return write_rows_once(task.file_name(), task.training_rows())
 
 
 # ------------------------------------------------------------------------------------------ the score

@@ -15,12 +15,8 @@ these methods.
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import tempfile
 import zlib
-from pathlib import Path
 from typing import Any, Optional, Union
 
 from pydantic import Field
@@ -30,10 +26,9 @@ from gym.api import (
     ConfigProblem,
     StrictConfig,
     TrainingMethod,
-    gym_home,
     hookimpl,
     parse_options,
-    publish,
+    write_rows_once,
 )
 
 METHODS = ("dpo", "ipo", "simpo")
@@ -295,18 +290,4 @@ def pair_rows(task: Any, count: int | None = None, held_out: bool = False, seed:
 
 def materialize(path: str) -> str:
     task = _task(path)
-    root = gym_home() / "datasets"
-    final = root / f"{NAME}-v{VERSION}-d{task.digits}-n{task.rows}-s{task.seed}.jsonl"
-    if final.is_file():
-        return str(final)
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".addition-preferences-", suffix=".jsonl", dir=root)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            for row in pair_rows(task):
-                handle.write(json.dumps(row) + "\n")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    publish(Path(tmp), final)
-    return str(final)
+    return write_rows_once(f"{NAME}-v{VERSION}-d{task.digits}-n{task.rows}-s{task.seed}.jsonl", pair_rows(task))
