@@ -177,7 +177,11 @@ def read_config(path: str | Path, overrides: Iterable[str] = ()) -> RawConfig:
         for item in overrides:
             key, value = _parse_override(item)
             given[key] = item
-            OmegaConf.update(conf, key, value, merge=True, force_add=True)
+            try:
+                OmegaConf.update(conf, key, value, merge=True, force_add=True)
+            except (ValueError, TypeError, IndexError, KeyError, AssertionError) as exc:  # e.g. datasets.x: a list
+                raise ConfigError(f"override {item!r}: {key} cannot be set here ({type(exc).__name__}: {exc}); "
+                                  "a list takes numbers (datasets.0.path=...)") from None
         resolved = OmegaConf.to_container(conf, resolve=True)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""
@@ -380,6 +384,8 @@ def _validate(raw: RawConfig, manager, notes: list[str] | None) -> BaseModel:
         problems.extend(p for p in _pydantic_problems(exc, schema, raw) if p.field not in already)
     if cfg is not None and not problems:
         problems.extend(replace(p, line=raw.line_of(p.field)) for p in core_problems(cfg, manager))
+        problems.extend(replace(p, line=raw.line_of(p.field))
+                        for p in plugin_list_problems(cfg, manager, notes if notes is not None else []))
         for plugin_name, result in manager.validate_config(cfg):
             for problem in result or ():
                 problems.append(
@@ -398,7 +404,7 @@ def _validate(raw: RawConfig, manager, notes: list[str] | None) -> BaseModel:
 
 def core_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
     """The core's own rules across fields: precision, warm-up, evaluation data, the training loop, chat
-    templates, dataset types (known, fitting the training method, options of their own type), plugins."""
+    templates, dataset types (known, fitting the training method, options of their own type)."""
     from gym.training_options import training_problems
 
     problems = [ConfigProblem(name, message) for name, message in training_problems(cfg)]
@@ -438,16 +444,49 @@ def core_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
             )
         )
     problems.extend(dataset_problems(cfg, manager))
+    return problems
+
+
+# Axolotl integrations gym has no plugin for, with what they do (said in the error).
+NO_GYM_EQUIVALENT = {
+    "kernels": "Axolotl's mixture-of-experts kernels (use_kernels, use_scattermoe, use_sonicmoe)",
+    "diffusion": "diffusion language-model training",
+    "expert_parallel": "expert parallelism",
+    "llm_compressor": "LLM Compressor sparsity / quantization",
+    "kd": "knowledge distillation",
+    "lm_eval": "lm-eval-harness evaluation",
+    "grokfast": "the Grokfast gradient filter",
+    "densemixer": "DenseMixer mixture-of-experts routing",
+    "mora": "MoRA adapters",
+    "hatchery": "Hatchery",
+    "nemo_gym": "NeMo Gym environments",
+}
+
+
+def plugin_list_problems(cfg: BaseModel, manager, notes: list[str]) -> list[ConfigProblem]:
+    """``plugins:``. gym finds its plugins by entry point, so the list is optional: each name must be a plugin gym
+    has (checked, so a config that needs one fails early where it is missing). Axolotl's import paths
+    (``axolotl.integrations.<name>.<Class>``) name the gym plugin providing the same feature, with a note;
+    an Axolotl integration gym has no plugin for is an error naming it."""
+    problems = []
     for i, name in enumerate(cfg.plugins or ()):
         wanted = _plugin_name_of(name)
-        if wanted not in manager.infos:
-            problems.append(
-                ConfigProblem(
-                    f"plugins.{i}",
-                    f"plugin {name!r} is not installed in gym (looked for a gym plugin named {wanted!r}; "
-                    f"installed: {', '.join(sorted(manager.infos))})",
-                )
-            )
+        axolotl = name.startswith("axolotl.")
+        if wanted in manager.infos:
+            if axolotl:
+                notes.append(f"plugins: {name} is provided by gym's {wanted!r} plugin (gym loads installed plugins by "
+                             "entry point; the list is optional)")
+            continue
+        if axolotl and wanted in NO_GYM_EQUIVALENT:
+            message = (f"{name!r} ({NO_GYM_EQUIVALENT[wanted]}) has no gym equivalent (not supported by gym yet); "
+                       "remove it and the keys that configure it")
+        elif axolotl:
+            message = (f"{name!r} has no gym equivalent (not supported by gym yet: no gym plugin named {wanted!r} is "
+                       "installed); remove it")
+        else:
+            message = (f"plugin {name!r} is not installed in gym (looked for a gym plugin named {wanted!r}; "
+                       f"installed: {', '.join(sorted(manager.infos))})")
+        problems.append(ConfigProblem(f"plugins.{i}", message))
     return problems
 
 
@@ -562,6 +601,51 @@ def redacted(cfg: BaseModel) -> dict[str, Any]:
 
     A secret is a field its schema types ``pydantic.SecretStr`` (a hub token, a tracker's API key): plugins
     mark their own, read them with ``.get_secret_value()``, and gym never prints or writes them. Nothing is
-    guessed from key names, so ``tokenizer_config`` stays as written and a saved config runs again.
+    guessed from key names, so ``tokenizer_config`` stays as written and a saved config runs again. A secret
+    interpolated into another key (``wandb_name: run-${comet_api_key}``) is redacted there too.
     """
-    return cfg.model_dump(mode="json", exclude_none=True)
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    secrets = sorted(secret_values(cfg), key=len, reverse=True)
+    return _without(data, secrets) if secrets else data
+
+
+REDACTED = "**********"
+
+
+def secret_values(value: Any) -> set[str]:
+    """Every non-empty ``SecretStr`` value inside a config (nested models, lists and dicts included)."""
+    from pydantic import SecretStr
+
+    found: set[str] = set()
+    if isinstance(value, SecretStr):
+        if value.get_secret_value():
+            found.add(value.get_secret_value())
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            found |= secret_values(getattr(value, name, None))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            found |= secret_values(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            found |= secret_values(item)
+    return found
+
+
+def secret_fields(cfg: BaseModel) -> list[str]:
+    """The top-level keys of ``cfg`` that hold a secret (left out of a saved config)."""
+    from pydantic import SecretStr
+
+    return [name for name in type(cfg).model_fields if isinstance(getattr(cfg, name, None), SecretStr)]
+
+
+def _without(data: Any, secrets: list[str]) -> Any:
+    if isinstance(data, str):
+        for secret in secrets:
+            data = data.replace(secret, REDACTED)
+        return data
+    if isinstance(data, list):
+        return [_without(item, secrets) for item in data]
+    if isinstance(data, dict):
+        return {key: _without(item, secrets) for key, item in data.items()}
+    return data

@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # never imported at run time: commands that do not train must
 
     from gym.config import ConfigProblem
     from gym.datasets_api import BuiltinDataset, DatasetStrategy
+    from gym.eval_tasks import EvalTask
     from gym.methods import TrainingMethod
     from gym.schema import CoreConfig
 
@@ -310,7 +311,10 @@ def gym_callbacks(cfg: CoreConfig) -> list[Any] | None:
     """Return ``transformers.TrainerCallback`` instances to add to the trainer.
 
     When: once, while the trainer is built. A callback may carry ``gym_metrics`` (a dict that joins the
-    run's final metrics and the model card) and ``gym_summary`` (lines printed with the summary at the end).
+    run's final metrics and the model card), ``gym_summary`` (lines printed with the summary at the end) and,
+    when it stopped the run early, ``gym_stop_reason`` (one line saying why). During training, the
+    ``args`` every callback event receives carry ``gym_data``: the data preparation's figures under flat
+    names (``data/rows_read``, ``data/dropped/<reason>``, ``data/train/tokens``, ...), for trackers.
 
     Args:
         cfg: the validated config.
@@ -345,8 +349,9 @@ def gym_model_card(cfg: CoreConfig, model: Any) -> dict[str, Any] | None:
 def gym_after_train(cfg: CoreConfig, model: Any, tokenizer: Any, output_dir: str) -> None:
     """Act on the trained model after it is saved (merge an adapter, export, push).
 
-    When: once, on the main process only, after training finished and the final model, tokenizer, config
-    and model card were written.
+    When: once, on the main process only, after training finished and the final model, tokenizer, config,
+    model card, ``trainer_state.json`` (the logged history) and ``gym_results.json`` (metrics, data figures,
+    why the run stopped, versions, hardware) were written to ``output_dir``.
 
     Args:
         cfg: the validated config.
@@ -355,4 +360,21 @@ def gym_after_train(cfg: CoreConfig, model: Any, tokenizer: Any, output_dir: str
         output_dir: where the model was saved.
 
     Combines: all implementations are called; results are ignored.
+    """
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@hookspec
+def gym_eval_tasks() -> list[EvalTask] | None:
+    """Register task evaluations that configs name in ``eval_task`` (``eval_task: addition``).
+
+    When: when a config that names task evaluations is validated, and when the tasks run: before and after
+    training, and in ``gym evaluate``.
+
+    Returns: a list of :class:`gym.api.EvalTask`: a name, the problems it asks (each a row a dataset strategy
+    turns into a prompt, and the expected answer), and the scorer of one generated answer.
+
+    Combines: all results; a task name registered twice is an error naming both plugins.
     """

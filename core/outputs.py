@@ -2,7 +2,9 @@
 
 - ``gym_config.yml``: the validated config, every default filled in, secrets replaced by ``***``;
 - ``README.md``: a model card whose YAML front matter carries the hub metadata (``library_name``,
-  ``base_model``, ``tags``, ``datasets``), then the data, the results and the config.
+  ``base_model``, ``tags``, ``datasets``), then the data, the results and the config;
+- ``gym_results.json``: what the run did, as data (:func:`write_results`); with the logged history in
+  ``trainer_state.json`` it is all a report or a tracker needs after the run.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from typing import Any
 
 import yaml
 
-from gym.config import redacted
+from gym.config import redacted, secret_fields
 from gym.hub import is_hub_id
 
 CONFIG_FILE = "gym_config.yml"
 CARD_FILE = "README.md"
+RESULTS_FILE = "gym_results.json"
 RUN_MARKER = ".gym-run"  # written into output_dir when a run starts: the folder is gym's from then on
 
 
@@ -56,12 +59,68 @@ def prepare_output_dir(cfg: Any) -> list[str]:
 
 
 def write_config(cfg: Any, output_dir: str | Path) -> Path:
-    """Write the resolved, redacted config as ``gym_config.yml``; ``gym run`` can run it again."""
+    """Write the resolved, redacted config as ``gym_config.yml``; ``gym run`` can run it again.
+
+    Secret keys are left out rather than written as ``**********`` (which a rerun would send as the secret);
+    the header names them, to pass again on the command line or through ``${oc.env:...}``."""
     path = Path(output_dir) / CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = redacted(cfg)
+    left_out = secret_fields(cfg)
+    for key in left_out:
+        data.pop(key, None)
     header = "# The resolved config of this run (defaults filled in, secrets redacted). Rerun: gym run gym_config.yml\n"
-    path.write_text(header + yaml.safe_dump(redacted(cfg), sort_keys=False, allow_unicode=True))
+    if left_out:
+        header += (f"# Secrets left out: {', '.join(left_out)}. Pass them again: gym run gym_config.yml "
+                   + " ".join(f"{key}=..." for key in left_out) + "\n")
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return path
+
+
+VERSIONED = ("gym-llm", "torch", "transformers", "datasets", "accelerate", "tokenizers")  # plus plugins' packages
+
+
+def write_results(output_dir: str | Path, *, method: str, metrics: dict[str, Any], data: Any,
+                  planned_steps: int, stop_reason: str | None, notes: list[str], resumed_from: str | None,
+                  seconds: float, packages: tuple[str, ...] = ()) -> Path:
+    """Write ``gym_results.json``: the method, the final metrics (task evals included), the data report and its
+    figures, planned steps and why the run stopped early (``null`` when it did not), notes, versions (the stack's
+    and the ``packages`` plugins name in their model card) and hardware.
+
+    The file is the run's record for readers other than a person: the run report, ``gym report``, trackers
+    that upload after the run, scripts comparing runs. Keys are only ever added.
+    """
+    import datetime
+    import json
+    import os
+    import platform
+
+    record = {
+        "method": method,
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": seconds,
+        "planned_steps": planned_steps,
+        "stop_reason": stop_reason,
+        "resumed_from": resumed_from,
+        "metrics": metrics,
+        "data": data.to_dict(),
+        "data_figures": data.figures(),
+        "notes": notes,
+        "versions": {name: _version(name) for name in dict.fromkeys((*VERSIONED, *packages)) if _version(name)},
+        "hardware": {"platform": platform.platform(), "python": platform.python_version(),
+                     "cpus": os.cpu_count(), "accelerators": _accelerators()},
+    }
+    path = Path(output_dir) / RESULTS_FILE
+    path.write_text(json.dumps(record, indent=1, default=str))
+    return path
+
+
+def _accelerators() -> list[str]:
+    import torch
+
+    if torch.cuda.is_available():
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return []
 
 
 def _version(distribution: str) -> str | None:

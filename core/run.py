@@ -44,6 +44,7 @@ class RunResult:
     resumed_from: str | None = None
     start_step: int = 0
     notes: list[str] = field(default_factory=list)  # lines from callbacks' ``gym_summary``
+    stop_reason: str | None = None  # a callback's ``gym_stop_reason`` when one ended the run early
     trainer: Any = field(default=None, repr=False)  # for callers (and tests) that inspect the run
 
     def summary(self) -> str:
@@ -57,6 +58,8 @@ class RunResult:
                          f"(average over the run {self.train_loss:.4f})")
         if self.eval_loss is not None:
             lines.append(f"eval loss {self.eval_loss:.4f}")
+        if self.stop_reason:
+            lines.append(f"stopped early: {self.stop_reason}")
         lines.extend(self.notes)
         lines.append(f"model, tokenizer, gym_config.yml and README.md written to {self.output_dir}")
         return "\n".join(lines)
@@ -101,9 +104,9 @@ def build_trainer(cfg: Any, method: TrainingMethod, model: Any, tokenizer: Any, 
     eval_collator = collator(False) if has_eval else None
     callbacks = [*manager.collected("gym_callbacks", cfg=cfg), *extra_callbacks]
     if cfg.early_stopping_patience:
-        import transformers
+        from gym.training import early_stopping_callback
 
-        callbacks.append(transformers.EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+        callbacks.append(early_stopping_callback(cfg.early_stopping_patience))
     if cfg.save_first_step:
         callbacks.append(SaveFirstStep())
     if not on_terminal():
@@ -126,8 +129,9 @@ def build_trainer(cfg: Any, method: TrainingMethod, model: Any, tokenizer: Any, 
 
 
 def write_outputs(cfg: Any, method: TrainingMethod, trainer: Any, model: Any, tokenizer: Any,
-                  metrics: dict[str, Any], data_summary: str, manager: Any) -> Path:
-    """The outputs phase: the model and tokenizer, ``gym_config.yml``, the model card, ``gym_after_train``."""
+                  metrics: dict[str, Any], prepared: Any, record: dict[str, Any], manager: Any) -> Path:
+    """The outputs phase: the model and tokenizer, ``gym_config.yml``, ``trainer_state.json`` (the logged history),
+    ``gym_results.json`` (:func:`gym.outputs.write_results`), the model card, then ``gym_after_train``."""
     from gym import outputs
 
     output_dir = Path(cfg.output_dir)
@@ -136,7 +140,11 @@ def write_outputs(cfg: Any, method: TrainingMethod, trainer: Any, model: Any, to
         tokenizer.save_pretrained(str(output_dir))
         outputs.write_config(cfg, output_dir)
         card = manager.merged_dict("gym_model_card", cfg=cfg, model=model)
-        outputs.write_model_card(cfg, metrics, method.name, card, data_summary)
+        if hasattr(getattr(trainer, "state", None), "save_to_json"):
+            trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
+        outputs.write_results(output_dir, method=method.name, metrics=metrics, data=prepared.report,
+                              packages=tuple(card.get("packages", ())), **record)
+        outputs.write_model_card(cfg, metrics, method.name, card, prepared.summary())
         manager.hook.gym_after_train(cfg=cfg, model=model, tokenizer=tokenizer, output_dir=str(output_dir))
     return output_dir
 
@@ -195,6 +203,7 @@ def _run(cfg: Any, manager: Any) -> RunResult:
 
     # trainer arguments (before the model: engines such as ZeRO-3 set up how it is loaded), then the model
     args = arguments_for(cfg, method, len(prepared.train), has_eval, manager)
+    args.gym_data = prepared.report.figures()  # type: ignore[attr-defined]  # callbacks read it (trackers)
     model = build_model(cfg, tokenizer, manager)
     trainer = build_trainer(cfg, method, model, tokenizer, prepared, args, manager,
                             extra_callbacks=(record_identity_callback(identity),))
@@ -217,8 +226,9 @@ def _run(cfg: Any, manager: Any) -> RunResult:
 
     state = trainer.state
     first_loss, final_loss, eval_loss = _losses(state.log_history)
-    if has_eval and not any("eval_loss" in e and e.get("step") == state.global_step for e in state.log_history):
-        eval_loss = trainer.evaluate().get("eval_loss", eval_loss)
+    evaluated_last = any("eval_loss" in e and e.get("step") == state.global_step for e in state.log_history)
+    if has_eval and (not evaluated_last or getattr(args, "load_best_model_at_end", False)):
+        eval_loss = trainer.evaluate().get("eval_loss", eval_loss)  # the model that is saved: the best one if loaded
     metrics: dict[str, Any] = {
         "train_steps": state.global_step,
         "train_epochs": round(float(state.epoch or 0.0), 4),
@@ -231,12 +241,16 @@ def _run(cfg: Any, manager: Any) -> RunResult:
     if eval_loss is not None:
         metrics["eval_loss"] = eval_loss
     notes: list[str] = []
+    stop_reason = None
     for callback in trainer.callback_handler.callbacks:
         metrics.update(getattr(callback, "gym_metrics", None) or {})
         notes.extend(getattr(callback, "gym_summary", None) or ())
+        stop_reason = stop_reason or getattr(callback, "gym_stop_reason", None)
 
     # outputs
-    output_dir = write_outputs(cfg, method, trainer, model, tokenizer, metrics, prepared.summary(), manager)
+    record = {"planned_steps": plan.total_steps, "stop_reason": stop_reason, "notes": notes,
+              "resumed_from": resume, "seconds": round(time.perf_counter() - started, 2)}
+    output_dir = write_outputs(cfg, method, trainer, model, tokenizer, metrics, prepared, record, manager)
     result = RunResult(
         output_dir=str(output_dir),
         method=method.name,
@@ -251,6 +265,7 @@ def _run(cfg: Any, manager: Any) -> RunResult:
         resumed_from=resume,
         start_step=start_step,
         notes=notes,
+        stop_reason=stop_reason,
         trainer=trainer,
     )
     say(result.summary() + f"\n(whole run {time.perf_counter() - started:.1f}s)")

@@ -17,7 +17,7 @@ class StrictConfig(BaseModel):
     """Base of every config model, the core's and each plugin's fragment: unknown keys are errors."""
 
     # defer_build: only the composed model is ever validated against, so building each part is wasted start-up.
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), defer_build=True)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), defer_build=True, allow_inf_nan=False)
 
 
 class DatasetConfig(StrictConfig):

@@ -344,6 +344,29 @@ def record_identity_callback(identity: dict[str, Any]):
 # --------------------------------------------------------------------------------------- callbacks
 
 
+def early_stopping_callback(patience: int):
+    """``early_stopping_patience``: transformers' early stopping, which also says why it stopped the run
+    (``gym_stop_reason``, shown in the summary and recorded in ``gym_results.json``)."""
+    from transformers import EarlyStoppingCallback
+
+    class EarlyStopping(EarlyStoppingCallback):
+        gym_stop_reason: str | None = None
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            control = super().on_evaluate(args, state, control, metrics=metrics, **kwargs) or control
+            if control.should_training_stop and self.gym_stop_reason is None:
+                metric = args.metric_for_best_model or "eval_loss"
+                best = "" if state.best_metric is None else (
+                    f" (best {state.best_metric:.4g} at step {state.best_global_step})")
+                self.gym_stop_reason = (
+                    f"early stopping at step {state.global_step}: {metric} did not improve for {patience} "
+                    f"evaluations in a row{best}"
+                )
+            return control
+
+    return EarlyStopping(early_stopping_patience=patience)
+
+
 class SaveFirstStep:
     """``save_first_step``: also checkpoint after the first optimizer step."""
 

@@ -54,6 +54,7 @@ def make_callback(threshold: float, patience: int):
         def __init__(self) -> None:
             self.strikes = 0
             self.gym_metrics: dict[str, int] = {}
+            self.gym_stop_reason: str | None = None
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             loss = (logs or {}).get("loss")
@@ -67,6 +68,9 @@ def make_callback(threshold: float, patience: int):
                     flush=True,
                 )
                 self.gym_metrics["loss_watchdog_stopped_at_step"] = state.global_step
+                self.gym_stop_reason = (
+                    f"loss watchdog at step {state.global_step}: loss above {threshold} for {patience} logged steps"
+                )
                 control.should_training_stop = True
             return control
 

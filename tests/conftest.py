@@ -13,6 +13,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import pytest
+from hypothesis import settings
+
+# Property-based tests: "ci" (the default) runs a few derandomized examples per property, so the suite is fast
+# and repeatable; GYM_FUZZ=deep runs thousands with fresh randomness (docs/testing.md has a deep run's counts).
+settings.register_profile("ci", max_examples=int(os.environ.get("GYM_FUZZ_EXAMPLES", 40)), derandomize=True,
+                          deadline=None, print_blob=True)
+settings.register_profile("deep", max_examples=int(os.environ.get("GYM_FUZZ_EXAMPLES", 3000)), deadline=None,
+                          print_blob=True)
+settings.load_profile(os.environ.get("GYM_FUZZ", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 QA_PLUGIN_SRC = REPO / "examples" / "plugins" / "gym-plugin-qa"

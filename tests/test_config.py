@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from gym.api import hookimpl
 from gym.config import load_config, redacted
 from gym.errors import ConfigError
 
@@ -125,9 +128,9 @@ def test_unsupported_key_with_a_value_is_rejected(write_config):
 
 def test_unsupported_key_left_empty_is_a_note_not_an_error(write_config):
     notes: list[str] = []
-    cfg = load_config(write_config(BASE + "wandb_project:\nliger_rope: false\n"), notes=notes)
+    cfg = load_config(write_config(BASE + "fsdp_version:\nrelora: false\n"), notes=notes)
     assert cfg.base_model == "some/model"
-    assert len(notes) == 2 and notes[0].startswith("wandb_project (line 5)")
+    assert len(notes) == 2 and notes[0].startswith("fsdp_version (line 5)")
 
 
 def test_renamed_keys_say_what_to_write(write_config):
@@ -140,8 +143,11 @@ def test_renamed_keys_say_what_to_write(write_config):
 def test_axolotl_plugin_paths_are_checked_against_installed_plugins(write_config):
     cfg = load_config(write_config(BASE + "plugins:\n  - gym.plugins.lora\n"))
     assert cfg.plugins == ["gym.plugins.lora"]
-    (problem,) = problems_of(write_config(BASE + "plugins:\n  - axolotl.integrations.liger.LigerPlugin\n"))
-    assert problem.startswith("plugins.0") and "'liger'" in problem
+    notes: list[str] = []
+    load_config(write_config(BASE + "plugins:\n  - axolotl.integrations.liger.LigerPlugin\n"), notes=notes)
+    assert any("LigerPlugin" in note and "liger" in note for note in notes), notes
+    (problem,) = problems_of(write_config(BASE + "plugins:\n  - axolotl.integrations.kernels.KernelsPlugin\n"))
+    assert problem.startswith("plugins.0") and "KernelsPlugin" in problem
 
 
 def test_user_defined_format_is_validated_strictly(write_config):
@@ -158,6 +164,33 @@ def test_secrets_are_redacted(write_config):
     assert data["hub_model_id"] == "me/model"
     # only fields typed as secrets are hidden: names with "token" in them are not secrets
     assert (data["tokenizer_config"], data["tokenizer_type"]) == ("./tok", "AutoTokenizer")
+
+
+class VaultKeys(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vault_api_key: SecretStr | None = None
+    vault_run_name: str | None = None
+
+
+class Vault:
+    """A plugin with a secret key."""
+
+    @hookimpl
+    def gym_config_schema(self):
+        return VaultKeys
+
+
+def test_a_secret_interpolated_into_another_key_is_redacted_there_too():
+    from gym.testing import validate
+
+    cfg = validate({"base_model": "builtin:tiny-llama-micro",
+                    "datasets": [{"path": "d-${vault_api_key}.jsonl", "type": "alpaca"}],
+                    "vault_api_key": "sk-hidden-42", "vault_run_name": "run-${vault_api_key}"}, Vault())
+    assert cfg.vault_run_name == "run-sk-hidden-42"  # the run itself sees the value
+    data = redacted(cfg)
+    assert "sk-hidden-42" not in str(data)
+    assert data["vault_api_key"] == "**********" and data["vault_run_name"] == "run-**********"
+    assert data["datasets"][0]["path"] == "d-**********.jsonl"
 
 
 def test_keys_that_change_nothing_are_said_at_validate(tmp_path):

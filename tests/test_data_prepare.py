@@ -264,3 +264,29 @@ def test_a_bad_row_in_a_jsonl_file_names_the_line_an_editor_shows(manager, tok, 
     path.write_text(rows[0] + "\n\n" + "\n".join(rows[1:]) + "\n")  # a blank line after the first row
     with pytest.raises(DataError, match=r"lines.jsonl \(alpaca\), row 4 \(line 6\), field 'instruction'"):
         prepare_data(make_cfg(manager, [{"path": str(path), "type": "alpaca"}]), tok, manager=manager)
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_invalid_utf8_names_the_line_and_column_not_the_batch(manager, tok, tmp_path, suffix):
+    path = tmp_path / f"bytes.{suffix}"
+    if suffix == "jsonl":
+        lines = [json.dumps(r).encode() for r in alpaca_rows(40)]
+        lines[29] = b'{"instruction": "caf\xc3\xa9 \xff", "input": "", "output": "y"}'  # valid é, then a bad byte
+    else:
+        lines = [b"instruction,input,output"] + [f"q{i},,a{i}".encode() for i in range(40)]
+        lines[30] = b"caf\xc3\xa9 \xff,,y"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    line, column = (30, 23) if suffix == "jsonl" else (31, 6)  # as an editor counts: lines and characters from 1
+    with pytest.raises(DataError, match=rf"bytes.{suffix}, line {line}, column {column}: the bytes are not valid UTF-8"):
+        prepare_data(make_cfg(manager, [{"path": str(path), "type": "alpaca"}]), tok, manager=manager)
+
+
+def test_the_utf8_check_finds_a_bad_byte_after_a_character_split_across_chunks(tmp_path):
+    from gym.data.loading import check_utf8
+
+    path = tmp_path / "split.txt"
+    path.write_bytes(b"ab\xc3\xa9cd\n" * 3 + b"x\xffy\n")  # with 3-byte chunks, each é is cut in two
+    with pytest.raises(DataError, match=r"dataset d, line 4, column 2"):
+        check_utf8(path, "dataset d", chunk_size=3)
+    path.write_bytes(b"ab\xc3\xa9cd\n" * 3)
+    check_utf8(path, "dataset d", chunk_size=3)  # valid: no error although every chunk cuts a character

@@ -88,18 +88,26 @@ def _load_local(entry: Any, path: Path, num_proc: int | None, cache_dir: str | N
             raise DataError(f"dataset {entry.path}: data_files is for folders and hub datasets, not for a single file")
         if _is_blank(path):
             raise DataError(f"dataset {entry.path}: the file is empty (no rows to read)")
+        if builder in ("json", "csv", "text"):
+            check_utf8(path, f"dataset {entry.path}")
         split = entry.split or "train"
         if not split.startswith("train"):
             raise DataError(
                 f"dataset {entry.path}: a single file holds one split, 'train' (set split: train, or point path "
                 "at a folder with one file per split)"
             )
-        return _guard(
-            entry,
-            lambda: datasets.load_dataset(
-                builder, data_files={"train": str(path)}, split=split, num_proc=num_proc, cache_dir=cache_dir
-            ),
-        )
+        try:
+            return _guard(
+                entry,
+                lambda: datasets.load_dataset(
+                    builder, data_files={"train": str(path)}, split=split, num_proc=num_proc, cache_dir=cache_dir
+                ),
+            )
+        except DataError:
+            place = diagnose_json(path) if builder == "json" else None
+            if place is None:
+                raise
+            raise DataError(f"dataset {entry.path}, {place}") from None
     # a folder of data files
     if not entry.data_files and not entry.ds_type:
         formats: dict[str, list[str]] = {}
@@ -114,6 +122,10 @@ def _load_local(entry: Any, path: Path, num_proc: int | None, cache_dir: str | N
                 f"dataset {entry.path}: the folder holds files of several formats ({found}); only one would be read. "
                 "Choose with data_files (or ds_type)"
             )
+        for kind, names in formats.items():
+            if kind in ("json", "csv", "text"):
+                for name in names:
+                    check_utf8(next(path.rglob(name)), f"dataset {entry.path}, file {name}")
     kwargs: dict[str, Any] = {"split": entry.split, "num_proc": num_proc, "cache_dir": cache_dir}
     if entry.data_files:
         kwargs["data_files"] = entry.data_files
@@ -145,6 +157,90 @@ def line_of_row(entry: Any, row: int) -> int | None:
                 seen += 1
                 if seen == row:
                     return number
+    return None
+
+
+def check_utf8(path: Path, what: str, chunk_size: int = 1 << 22) -> None:
+    """Raise a DataError naming the line and column (in characters) of the first byte that is not UTF-8 in a text
+    data file; ``what`` names the file in the message.
+
+    The readers would fail later on the whole batch, naming its first row; this reads the file once (on a
+    cache miss only) so the error names the place an editor shows. Compressed files are left to the reader."""
+    import codecs
+
+    if path.suffix.lower() in COMPRESSION_EXTENSIONS:
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(chunk_size)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                bad = offset - (len(exc.object) - len(chunk)) + exc.start  # the decoder may hold a partial char
+                handle.seek(0)
+                before = handle.read(bad)
+                line = before.count(b"\n") + 1
+                column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1  # in characters
+                raise DataError(
+                    f"{what}, line {line}, column {column}: the bytes are not valid UTF-8 "
+                    f"(byte 0x{exc.object[exc.start]:02x}); save the file as UTF-8"
+                ) from None
+            if not chunk:
+                return
+            offset += len(chunk)
+
+
+def _kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "a mapping"
+
+
+def diagnose_json(path: Path) -> str | None:
+    """Where a JSON / JSON-lines file the reader refused goes wrong, as an editor shows it: the first line that is
+    not JSON, or the first value whose type differs from the one its column had so far. Read on the error path only;
+    ``None`` when nothing is found (the reader's own message is kept then)."""
+    import json
+
+    if path.suffix.lower() in COMPRESSION_EXTENSIONS:
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    rows: list[tuple[int, Any]] = []
+    if text.lstrip().startswith("["):
+        try:
+            rows = [(index, row) for index, row in enumerate(json.loads(text))]
+        except json.JSONDecodeError as exc:
+            return f"line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})"
+        where = "row {}"
+    else:
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                return f"line {number}, column {exc.colno}: not valid JSON ({exc.msg})"
+        where = "line {}"
+    first: dict[str, tuple[str, int]] = {}
+    for place, row in rows:
+        if not isinstance(row, dict):
+            return f"{where.format(place)}: each row must be a JSON object of fields, not {_kind(row) or 'null'}"
+        for field, value in row.items():
+            kind = _kind(value)
+            if kind is None:
+                continue
+            seen = first.setdefault(field, (kind, place))
+            if seen[0] != kind:
+                return (f"{where.format(place)}, field {field!r}: {kind} here but {seen[0]} at "
+                        f"{where.format(seen[1])}; a field must hold one type in every row")
     return None
 
 

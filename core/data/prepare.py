@@ -75,6 +75,26 @@ class DataReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def figures(self) -> dict[str, float]:
+        """The numbers of this report under flat, stable names (``data/rows_read``, ``data/dropped/too_long``,
+        ``data/train/tokens``, ...): what trackers log and the run report shows. Numbers only."""
+        out: dict[str, float] = {"data/rows_read": self.rows_read}
+        for source in self.sources:
+            for reason, count in source.dropped.items():
+                out[f"data/dropped/{reason}"] = out.get(f"data/dropped/{reason}", 0) + count
+            for what, count in source.changed.items():
+                out[f"data/changed/{what}"] = out.get(f"data/changed/{what}", 0) + count
+        for split, figures in (("train", self.train), ("eval", self.eval)):
+            if figures is None:
+                continue
+            out[f"data/{split}/samples"] = figures.samples
+            out[f"data/{split}/rows"] = figures.rows
+            for name, value in figures.figures.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    out[f"data/{split}/{name}"] = value
+        out["data/seconds"] = round(self.seconds, 3)
+        return out
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DataReport":
         data = dict(data)
@@ -412,5 +432,6 @@ def _concatenate(parts: list[Any]) -> Any:
 def _nothing_left(report: DataReport) -> str:
     reasons = {reason for source in report.sources for reason in source.dropped}
     detail = ", ".join(f"{report.dropped(reason):,} {reason}" for reason in sorted(reasons)) or "none dropped"
-    return f"no training sample is left: {report.rows_read:,} rows read; dropped: {detail}"
+    sources = "; ".join(source.describe() for source in report.sources)
+    return f"no training sample is left: {report.rows_read:,} rows read; dropped: {detail} ({sources})"
 
