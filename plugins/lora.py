@@ -79,6 +79,12 @@ class LoraSettings(StrictConfig):
         description="After training, also write the adapter merged into the base model to output_dir/merged "
         "(as `gym merge-lora` does).",
     )
+    lora_mlp_kernel: bool | None = Field(
+        None, description="Accepted for Axolotl configs: gym has no fused LoRA kernels; the standard LoRA path trains "
+        "(the same math) and a note says so."
+    )
+    lora_qkv_kernel: bool | None = Field(None, description="As lora_mlp_kernel, for the q/k/v projections.")
+    lora_o_kernel: bool | None = Field(None, description="As lora_mlp_kernel, for the output projection.")
 
     @field_validator("lora_r", "lora_alpha", "lora_dropout", mode="before")
     @classmethod
@@ -306,6 +312,21 @@ def _warn_about_ignored_settings(cfg) -> None:
             cfg.lora_model_dir,
             ", ".join(differing),
         )
+
+
+LORA_KERNEL_KEYS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
+
+
+@hookimpl
+def gym_after_wrap_model(cfg):
+    """The fused LoRA kernel keys: said, never silently dropped."""
+    asked = [key for key in LORA_KERNEL_KEYS if getattr(cfg, key)]
+    if asked:
+        from gym.api import say
+
+        say(f"note: {', '.join(asked)}: gym has no fused LoRA kernels (and they need a CUDA GPU); "
+            + ("training on the standard LoRA path, which computes the same" if cfg.adapter else
+               "no adapter is trained here, so they have nothing to act on"))
 
 
 @hookimpl
