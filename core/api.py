@@ -16,14 +16,15 @@ Groups:
   ``get_plugin_manager``;
 - **errors**: ``GymError``, ``ConfigError``, ``DataError``, ``ModelError``, ``PluginError``, ``RowError``;
 - **methods and data**: ``TrainingMethod``, ``TrainerParts``, ``DataShape``, ``SourceCounts``,
-  ``DatasetStrategy``, ``BuiltinDataset``, ``parse_options``, ``write_rows_once``, ``gym_home``, ``publish``;
+  ``DatasetStrategy``, ``BuiltinDataset``, ``parse_options``, ``write_rows_once``, ``gym_home``, ``publish``,
+  ``EvalTask``, ``EvalProblem``, ``eval_tasks`` (task evaluations and the installed ones);
 - **the strategy toolkit**: ``IGNORE_INDEX``, ``Segment``, ``SegmentEncoder``, ``column``, ``text_at``,
   ``row_error``, ``train_on_inputs_for``, ``split_into_pieces``, ``PromptFormat``, ``InstructionStrategy``,
   ``TextStrategy``, ``ChatRenderer``, ``SpanLabeler``, ``TemplateError``, ``resolve_chat_template``,
   ``is_known_chat_template``, ``CHAT_TEMPLATE_NAMES``;
 - **phases**: ``load_config``, ``load_tokenizer``, ``load_model``, ``build_model``, ``prepare_data``,
   ``run``, ``resolve_source``, ``resolve_precision``, ``weight_dtype``;
-- **output**: ``say``, ``is_main_process``.
+- **output**: ``say``, ``is_main_process``, ``redacted`` (the config as plain data, secrets redacted).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ _EXPORTS: dict[str, str] = {
     "write_rows_once": "gym.builtin_data",
     "gym_home": "gym.builtin",
     "publish": "gym.files",
+    "EvalTask": "gym.eval_tasks",
+    "EvalProblem": "gym.eval_tasks",
+    "eval_tasks": "gym.eval_tasks",
     # the strategy toolkit
     "IGNORE_INDEX": "gym.data.tokenizing",
     "Segment": "gym.data.tokenizing",
@@ -92,6 +96,8 @@ _EXPORTS: dict[str, str] = {
     # output
     "say": "gym.output",
     "is_main_process": "gym.output",
+    # the config as trackers and reports show it (secrets redacted)
+    "redacted": "gym.config",
 }
 
 __all__ = ["hookimpl", *_EXPORTS]
@@ -114,7 +120,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
     from gym.builtin import gym_home
     from gym.builtin_data import parse_options, write_rows_once
     from gym.chat_templates import CHAT_TEMPLATE_NAMES, is_known_chat_template, resolve_chat_template
-    from gym.config import ConfigProblem, config_folder, load_config, strategy_of
+    from gym.config import ConfigProblem, config_folder, load_config, redacted, strategy_of
     from gym.plugin_manager import get_plugin_manager
     from gym.data.chat import ChatRenderer, SpanLabeler, TemplateError
     from gym.data.instruction import InstructionStrategy, PromptFormat
@@ -132,6 +138,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
     )
     from gym.datasets_api import BuiltinDataset, DatasetStrategy, RowError
     from gym.errors import ConfigError, DataError, GymError, ModelError, PluginError
+    from gym.eval_tasks import EvalProblem, EvalTask, eval_tasks
     from gym.files import publish
     from gym.methods import DataShape, SourceCounts, TrainerParts, TrainingMethod
     from gym.model import build_model, load_model, load_tokenizer, resolve_source, weight_dtype

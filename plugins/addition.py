@@ -6,9 +6,10 @@ once (``instruction`` / ``input`` / ``output`` for alpaca, ``messages`` for chat
 completion), so any of those dataset types reads it. One operand pair in ten is held out: it never appears in
 the training rows.
 
-``eval_task: addition`` scores the model's greedy answers on held-out problems when training starts and ends
-(exact match and per-digit accuracy); the prompts are made by the same dataset strategy that made the
-training rows (the first ``datasets`` entry's ``type``), so the evaluation sees exactly the trained format.
+The ``addition`` task evaluation (``gym_eval_tasks``; ``eval_task: addition``, run by the evaluate plugin) scores
+greedy answers on held-out problems (exact match and per-digit accuracy); the prompts are made by the dataset
+strategy of the ``builtin:addition`` entry (else the first ``datasets`` entry), so the evaluation sees exactly
+the trained format.
 """
 
 from __future__ import annotations
@@ -16,40 +17,13 @@ from __future__ import annotations
 import random
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Iterator
 
-from pydantic import Field
-
-from gym.api import (
-    IGNORE_INDEX,
-    BuiltinDataset,
-    ConfigError,
-    StrictConfig,
-    hookimpl,
-    parse_options,
-    write_rows_once,
-    say,
-)
+from gym.api import BuiltinDataset, EvalProblem, EvalTask, hookimpl, parse_options, write_rows_once
 
 NAME = "addition"
 PREFIX = "builtin:"
 ADDITION_OPTIONS = {"digits": (1, 9), "rows": (1, 10_000_000), "seed": (0, 2**31 - 1)}
-
-
-class AdditionSettings(StrictConfig):
-    """Keys of the addition plugin."""
-
-    eval_task: Optional[Literal["addition"]] = Field(
-        None,
-        description="Score the model's greedy answers on held-out problems of a built-in task (addition) "
-        "before and after training; prompts follow the first dataset's type.",
-    )
-    eval_task_samples: int = Field(200, ge=1, le=100_000, description="Held-out problems scored by eval_task.")
-
-
-@hookimpl
-def gym_config_schema():
-    return AdditionSettings
 
 
 @hookimpl
@@ -63,13 +37,6 @@ def gym_builtin_datasets():
             "digits=2, rows=20000, seed=0); columns instruction/input/output, messages and text",
         )
     ]
-
-
-@hookimpl
-def gym_callbacks(cfg):
-    if not cfg.eval_task:
-        return None
-    return [make_callback(cfg)]
 
 
 # ------------------------------------------------------------------------------------------- the data
@@ -142,21 +109,23 @@ def materialize(path: str) -> str:
     return write_rows_once(task.file_name(), task.training_rows())
 
 
-# ------------------------------------------------------------------------------------------ the score
+# ------------------------------------------------------------------------------------------ the task
 
 
-@dataclass
-class TaskScore:
-    """Exact-match and per-digit accuracy of greedy answers, with a few examples."""
-
-    task: str
-    problems: int
-    exact_match: float
-    digit_accuracy: float
-    examples: list[tuple[str, str, str]]  # (question, expected, answered)
-
-    def describe(self) -> str:
-        return f"exact match {100 * self.exact_match:.1f}%, digit accuracy {100 * self.digit_accuracy:.1f}%"
+@hookimpl
+def gym_eval_tasks():
+    return [
+        EvalTask(
+            name=NAME,
+            description="greedy answers to held-out addition problems (never trained on): exact match and "
+            "per-digit accuracy; the digits follow the config's builtin:addition dataset",
+            problems=evaluation_problems,
+            score=score_answer,
+            max_new_tokens=lambda cfg: task_for(cfg)[0].digits + 4,
+            prompt_entry=lambda cfg: task_for(cfg)[1],
+            unit="held-out problems",
+        )
+    ]
 
 
 def task_for(cfg: Any) -> tuple[AdditionTask, Any]:
@@ -164,7 +133,19 @@ def task_for(cfg: Any) -> tuple[AdditionTask, Any]:
     for entry in cfg.datasets:
         if entry.path.startswith(PREFIX) and entry.path[len(PREFIX):].split("?", 1)[0] == NAME:
             return addition_task(entry.path), entry
-    return AdditionTask(), cfg.datasets[0]
+    return AdditionTask(), (cfg.datasets[0] if cfg.datasets else None)
+
+
+def evaluation_problems(cfg: Any, count: int) -> list[EvalProblem]:
+    task, _ = task_for(cfg)
+    return [EvalProblem(question=row["instruction"], expected=row["output"], row=row)
+            for row in task.evaluation_rows(count)]
+
+
+def score_answer(expected: str, answer: str) -> dict[str, float]:
+    """Exact match and per-digit accuracy of the answer's first line."""
+    line = answer.strip().split("\n")[0].strip()
+    return {"exact_match": float(line == expected), "digit_accuracy": digit_accuracy(expected, line)}
 
 
 def digit_accuracy(expected: str, answered: str) -> float:
@@ -172,134 +153,3 @@ def digit_accuracy(expected: str, answered: str) -> float:
     width = max(len(expected), len(answered), 1)
     a, b = expected.rjust(width), answered.rjust(width)
     return sum(x == y for x, y in zip(a, b)) / width
-
-
-def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    return {key: [row[key] for row in rows] for key in rows[0]}
-
-
-def build_prompts(cfg: Any, tokenizer: Any, entry: Any, rows: list[dict[str, Any]], manager: Any) -> list[list[int]]:
-    """Prompt token ids for ``rows``, made by ``entry``'s strategy with prompts not trained on."""
-    from gym.api import strategy_of
-
-    strategy, type_name = strategy_of(entry, manager, manager.training_method(cfg).name)
-    quiet_cfg = cfg.model_copy(update={"train_on_inputs": False})
-    quiet_entry = entry.model_copy(update={"train_on_inputs": False})
-    builder = strategy.load_builder()(tokenizer=tokenizer, cfg=quiet_cfg, dataset=quiet_entry)
-    out = builder.process_batch(_columns(rows))
-    if len(out["input_ids"]) != len(rows):
-        raise ConfigError(f"eval_task: the {type_name!r} strategy made {len(out['input_ids'])} samples of "
-                          f"{len(rows)} problems; use a prompt / answer dataset type (alpaca, chat_template)")
-    prompts = []
-    for row, ids, labels in zip(rows, out["input_ids"], out["labels"]):
-        first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
-        if first == 0:  # everything trained (completion): the prompt is the text before the answer
-            text = row["text"][: len(row["text"]) - len(row["output"])]
-            prompts.append(tokenizer(text, add_special_tokens=True)["input_ids"])
-        else:
-            prompts.append(list(ids[:first]))
-    return prompts
-
-
-def greedy_answers(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
-                   batch_size: int = 100) -> list[str]:
-    """Greedy continuations of each prompt, cut at the first special token, stripped."""
-    import torch
-
-    stop_ids = sorted(set(tokenizer.all_special_ids))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    answers: list[str] = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(prompts), batch_size):
-                chunk = prompts[start:start + batch_size]
-                width = max(len(p) for p in chunk)
-                ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for i, prompt in enumerate(chunk):  # left padding: every prompt ends where generation starts
-                    ids[i, width - len(prompt):] = torch.tensor(prompt)
-                    mask[i, width - len(prompt):] = 1
-                generated = model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    eos_token_id=stop_ids,
-                    pad_token_id=pad_id,
-                    use_cache=True,
-                )
-                for row in generated[:, width:].tolist():
-                    cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
-                    text = tokenizer.decode(row[:cut], skip_special_tokens=True)
-                    answers.append(text.strip().split("\n")[0].strip())
-    finally:
-        model.train(was_training)
-    return answers
-
-
-def evaluate_task(cfg: Any, model: Any, tokenizer: Any, manager: Any = None) -> TaskScore:
-    """Score ``model`` on ``cfg.eval_task_samples`` held-out problems of ``cfg.eval_task``."""
-    from gym.api import get_plugin_manager
-
-    manager = manager or get_plugin_manager()
-    task, entry = task_for(cfg)
-    rows = task.evaluation_rows(cfg.eval_task_samples)
-    prompts = build_prompts(cfg, tokenizer, entry, rows, manager)
-    answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=task.digits + 4)
-    expected = [row["output"] for row in rows]
-    exact = sum(a == e for a, e in zip(answers, expected)) / len(rows)
-    digits = sum(digit_accuracy(e, a) for a, e in zip(answers, expected)) / len(rows)
-    examples = [(row["instruction"], e, a) for row, e, a in list(zip(rows, expected, answers))[:3]]
-    return TaskScore(cfg.eval_task, len(rows), exact, digits, examples)
-
-
-def make_callback(cfg: Any):
-    """A ``TrainerCallback`` that scores the model when training starts and when it ends."""
-    from transformers import TrainerCallback
-
-    class TaskEvalCallback(TrainerCallback):
-        def __init__(self) -> None:
-            self.before: TaskScore | None = None
-            self.after: TaskScore | None = None
-            self.gym_metrics: dict[str, Any] = {}
-            self.gym_summary: list[str] = []
-
-        def _score(self, state, model, processing_class) -> TaskScore | None:
-            if not state.is_world_process_zero or model is None or processing_class is None:
-                return None
-            return evaluate_task(cfg, model, processing_class)
-
-        def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-            self.before = self._score(state, model, processing_class)
-            if self.before is not None:
-                when = "at the start" if state.global_step else "before training"
-                say(f"{cfg.eval_task} on {self.before.problems} held-out problems {when}: {self.before.describe()}")
-
-        def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-            self.after = self._score(state, model, processing_class)
-            if self.after is None:
-                return
-            say(f"{cfg.eval_task} on {self.after.problems} held-out problems after training: {self.after.describe()}")
-            for question, want, got in self.after.examples:
-                say(f"  {question} -> {got!r} (expected {want})")
-            name = cfg.eval_task
-            self.gym_metrics = {f"{name}_exact_match": self.after.exact_match,
-                                f"{name}_digit_accuracy": self.after.digit_accuracy}
-            line = f"{name} on {self.after.problems} held-out problems: {self.after.describe()}"
-            if self.before is not None:
-                self.gym_metrics = {
-                    f"{name}_exact_match_before": self.before.exact_match,
-                    f"{name}_digit_accuracy_before": self.before.digit_accuracy,
-                    **self.gym_metrics,
-                }
-                line = (
-                    f"{name} on {self.after.problems} held-out problems: exact match "
-                    f"{100 * self.before.exact_match:.1f}% -> {100 * self.after.exact_match:.1f}%, digit accuracy "
-                    f"{100 * self.before.digit_accuracy:.1f}% -> {100 * self.after.digit_accuracy:.1f}%"
-                )
-            self.gym_summary = [line]
-
-    return TaskEvalCallback()

@@ -170,7 +170,8 @@ def preference_and_exact_match(model_dir: str, count: int = 200) -> tuple[float,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gym.plugins.addition import AdditionTask, greedy_answers
+    from gym.plugins.addition import AdditionTask
+    from gym.plugins.evaluate import greedy_answers
     from gym.plugins.dpo import pair_rows
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
