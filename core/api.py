@@ -24,7 +24,8 @@ Groups:
   ``is_known_chat_template``, ``CHAT_TEMPLATE_NAMES``;
 - **phases**: ``load_config``, ``load_tokenizer``, ``load_model``, ``build_model``, ``prepare_data``,
   ``run``, ``resolve_source``, ``resolve_precision``, ``weight_dtype``;
-- **output**: ``say``, ``is_main_process``, ``redacted`` (the config as plain data, secrets redacted).
+- **output**: ``say``, ``is_main_process``, ``redacted`` (the config as plain data, secrets redacted),
+  ``push_problem`` (why a push to the hub would fail, checked before any work).
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ _EXPORTS: dict[str, str] = {
     "is_main_process": "gym.output",
     # the config as trackers and reports show it (secrets redacted)
     "redacted": "gym.config",
+    # the hub: why a push would fail, said before any work
+    "push_problem": "gym.hub",
 }
 
 __all__ = ["hookimpl", *_EXPORTS]
@@ -122,6 +125,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
     from gym.chat_templates import CHAT_TEMPLATE_NAMES, is_known_chat_template, resolve_chat_template
     from gym.config import ConfigProblem, config_folder, load_config, redacted, strategy_of
     from gym.plugin_manager import get_plugin_manager
+    from gym.hub import push_problem
     from gym.data.chat import ChatRenderer, SpanLabeler, TemplateError
     from gym.data.instruction import InstructionStrategy, PromptFormat
     from gym.data.prepare import prepare_data

@@ -66,10 +66,34 @@ def progress_callback():
             parts = [f"step {state.global_step}/{state.max_steps}", f"loss {float(logs['loss']):.4f}"]
             if "learning_rate" in logs:
                 parts.append(f"lr {float(logs['learning_rate']):.3g}")
+            if logs.get("tokens_per_second"):
+                parts.append(f"{float(logs['tokens_per_second']):,.0f} tokens/s")
             parts += [f"elapsed {elapsed:.0f}s", f"ETA {eta:.0f}s"]
             say(", ".join(parts))
 
     return PlainProgress()
+
+
+def terminal_progress_callback():
+    """On a terminal: transformers' progress bar, with the latest loss, learning rate and eval loss shown on the
+    bar itself instead of a printed dict per logging step (the bar already shows the ETA)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class BarProgress(ProgressCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.shown: dict[str, str] = {}
+            return super().on_train_begin(args, state, control, **kwargs)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or self.training_bar is None or not logs:
+                return
+            for key, label, fmt in (("loss", "loss", ".4f"), ("learning_rate", "lr", ".3g"),
+                                    ("eval_loss", "eval loss", ".4f"), ("tokens_per_second", "tokens/s", ",.0f")):
+                if isinstance(logs.get(key), (int, float)):
+                    self.shown[label] = format(float(logs[key]), fmt)
+            self.training_bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in self.shown.items()), refresh=True)
+
+    return BarProgress()
 
 
 def say(message: str) -> None:

@@ -173,6 +173,9 @@ def _run(cfg: Any, manager: Any) -> RunResult:
     transformers.set_seed(cfg.seed)
     random.seed(cfg.seed)
     method = manager.training_method(cfg)
+    busy = busy_cpu_note()
+    if busy and is_main_process():
+        say(f"note: {busy}")
     resume = resume_checkpoint(cfg)
     if is_main_process():
         from gym.outputs import prepare_output_dir
@@ -207,10 +210,14 @@ def _run(cfg: Any, manager: Any) -> RunResult:
     model = build_model(cfg, tokenizer, manager)
     trainer = build_trainer(cfg, method, model, tokenizer, prepared, args, manager,
                             extra_callbacks=(record_identity_callback(identity),))
-    if not on_terminal() and hasattr(trainer, "remove_callback"):  # gym's plain lines replace the raw log dicts
-        from transformers.trainer_callback import PrinterCallback
+    if hasattr(trainer, "remove_callback"):  # the raw log dicts give way: plain lines, or the figures on the bar
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         trainer.remove_callback(PrinterCallback)
+        if on_terminal() and trainer.pop_callback(ProgressCallback) is not None:
+            from gym.output import terminal_progress_callback
+
+            trainer.add_callback(terminal_progress_callback())
 
     # train
     plan, precision = args.gym_plan, args.gym_precision
@@ -270,6 +277,30 @@ def _run(cfg: Any, manager: Any) -> RunResult:
     )
     say(result.summary() + f"\n(whole run {time.perf_counter() - started:.1f}s)")
     return result
+
+
+def busy_cpu_note() -> str | None:
+    """A note when this CPU run starts on cores other processes already keep busy, with torch's default threads.
+
+    Measured (``bench/threads.py``, docs/benchmarks.md): alone, torch's defaults are the fastest; two such jobs on
+    the same 2 cores took 96 s each against 35 s with ``OMP_WAIT_POLICY=PASSIVE`` or ``OMP_NUM_THREADS=1``, as
+    idle OpenMP threads spin on cores the other job needs. gym keeps the defaults and says what to set."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available() or any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")):
+        return None
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not on this platform
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load < max(1.5, 0.75 * cores):  # a job that just ended leaves about 1 for a minute
+        return None
+    return (f"other processes keep the CPU busy (load average {load:.1f} on {cores} cores); with torch's default "
+            "threads two jobs slow each other down up to 3x: start each with OMP_WAIT_POLICY=PASSIVE (or give each "
+            "its own cores with taskset), see 'Two jobs on one machine' in the README")
 
 
 def _losses(log_history: list[dict[str, Any]]) -> tuple[float | None, float | None, float | None]:

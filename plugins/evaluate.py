@@ -443,7 +443,24 @@ def evaluate(cfg: Any, model_dir: Optional[str] = None, batch_size: Optional[int
         target = Path(cfg.output_dir).expanduser()
         target.mkdir(parents=True, exist_ok=True)
         (target / RESULTS_FILE).write_text(json.dumps(results.as_dict(), indent=1) + "\n")
+        _refresh_report(target)
     return results
+
+
+def _refresh_report(folder: Path) -> None:
+    """Where the run has a report, rebuild it so that it shows these results too."""
+    if not (folder / "report.html").is_file():
+        return
+    try:
+        from gym.plugins.report import write_report
+    except ImportError:  # the report plugin is not installed
+        return
+    try:
+        write_report([folder], folder / "report.html")
+    except GymError as exc:
+        say(f"note: report.html was not rebuilt: {exc}")
+    else:
+        say(f"report.html in {folder} now shows these results")
 
 
 def _plain_progress() -> None:

@@ -155,6 +155,7 @@ class RunFiles:
     history: list[dict[str, Any]]
     history_source: str | None
     state: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None  # what ``gym evaluate`` wrote (eval_results.json), when it ran
 
     @property
     def finished(self) -> bool:
@@ -240,8 +241,12 @@ def read_run(folder: Path) -> RunFiles:
             config_source = str(run_file.relative_to(folder))
     state = state or {}
     history = list(state.get("log_history") or [])
+    evaluation = _read_json(folder / EVAL_RESULTS_FILE) if (folder / EVAL_RESULTS_FILE).is_file() else None
     return RunFiles(folder, folder.resolve().name or str(folder), config, config_source, results, history, source,
-                    {k: v for k, v in state.items() if k != "log_history"})
+                    {k: v for k, v in state.items() if k != "log_history"}, evaluation)
+
+
+EVAL_RESULTS_FILE = "eval_results.json"  # written by ``gym evaluate`` (the evaluate plugin)
 
 
 def read_runs(folders: Sequence[Path]) -> list[RunFiles]:
@@ -369,10 +374,10 @@ def render(runs: list[RunFiles]) -> str:
     body.append('<h2 id="training">Training</h2>')
     body.append(_charts(runs, colors, several))
     if several:
-        body += [_metrics_section(runs), _tasks_section(runs), _data_section(runs)]
+        body += [_metrics_section(runs), _tasks_section(runs), _evaluation_section(runs), _data_section(runs)]
     else:  # one run: its results and its data side by side
-        body.append(f'<div class="twocol"><div>{_metrics_section(runs)}{_tasks_section(runs)}</div>'
-                    f"<div>{_data_section(runs)}</div></div>")
+        body.append(f'<div class="twocol"><div>{_metrics_section(runs)}{_tasks_section(runs)}'
+                    f"{_evaluation_section(runs)}</div><div>{_data_section(runs)}</div></div>")
     body.append(_config_section(runs, defaults, required))
     body.append(_environment_section(runs))
     body.append(_notes_section(runs))
@@ -588,6 +593,20 @@ def _tasks_section(runs: list[RunFiles]) -> str:
     rows = [[key.replace("_", " "), *[cell(s.get(key)) for s in scores]] for key in keys]
     header = ["task metric", *([r.name for r in runs] if len(runs) > 1 else ["before → after training"])]
     return f'<h2 id="tasks">Task evaluations</h2>{_table(header, rows)}'
+
+
+def _evaluation_section(runs: list[RunFiles]) -> str:
+    """``gym evaluate``'s figures (loss, perplexity, task and lm-eval scores), for the runs it was run on."""
+    from gym.plugins.report_html import esc
+
+    evaluated = [run for run in runs if run.evaluation]
+    if not evaluated:
+        return ""
+    keys = list(dict.fromkeys(k for run in evaluated for k in (run.evaluation.get("metrics") or {})))
+    rows = [[key, *[(run.evaluation.get("metrics") or {}).get(key) for run in evaluated]] for key in keys]
+    header = ["metric", *([r.name for r in evaluated] if len(runs) > 1 else ["value"])]
+    models = "; ".join(f"{esc(str(run.evaluation.get('model', '')))}" for run in evaluated)
+    return (f'<h2 id="evaluation">gym evaluate</h2><p class="empty-note">{models}</p>{_table(header, rows)}')
 
 
 def _percent(value: float | None) -> str:

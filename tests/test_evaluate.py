@@ -123,6 +123,11 @@ def test_gym_evaluate_prints_a_table_and_a_missing_model_is_a_clear_error(traine
     saved = json.loads((Path(result.output_dir) / "eval_results.json").read_text())
     assert f"eval_loss        {saved['eval_loss']:.4f}" in ran.output
     assert f"eval_perplexity  {saved['eval_perplexity']:.4f}" in ran.output
+    from gym.plugins.report_html import fmt  # the run's report now shows what gym evaluate measured
+
+    report = (Path(result.output_dir) / "report.html").read_text()
+    section = report.split('id="evaluation"', 1)[1].split("<h2", 1)[0]
+    assert "eval_perplexity" in section and fmt(saved["eval_perplexity"]) in section
 
     missing = write_config(tmp_path, {**cfg, "output_dir": str(tmp_path / "never-trained")}, "missing.yml")
     ran = CliRunner().invoke(main, ["evaluate", str(missing)])
