@@ -235,9 +235,10 @@ def compose_schema(manager) -> ComposedSchema:
                 continue  # several strategies may share an option (chat_template variants)
             dataset_fields[key] = (info.annotation, info)
             dataset_key_owner[key] = strategy.name
-    inline = manager.inline_strategy()
-    if inline is not None:  # ``type:`` is a strategy name, or a mapping that strategy reads
-        dataset_fields["type"] = (Union[str, inline[0].inline], DatasetConfig.model_fields["type"])
+    inline_models = list(dict.fromkeys(s.inline for s, _ in manager.all_strategies() if s.inline is not None))
+    if inline_models:  # ``type:`` is a strategy name, or a mapping read by the inline strategy of the config's
+        # method: which one is known only once the config is read, so dataset_problems validates the mapping
+        dataset_fields["type"] = (Union[(str, *inline_models, dict[str, Any])], DatasetConfig.model_fields["type"])
     else:
         dataset_fields["type"] = (str, DatasetConfig.model_fields["type"])
     dataset_model = create_model("DatasetEntry", __base__=DatasetConfig, **dataset_fields)
@@ -507,6 +508,11 @@ def dataset_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
     for list_key in ("datasets", "test_datasets"):
         for i, entry in enumerate(getattr(cfg, list_key) or ()):
             where = f"{list_key}.{i}"
+            if not isinstance(entry.type, str):
+                inline_problems = _parse_inline_type(entry, where, manager, method.name if method else None)
+                if inline_problems:
+                    problems.extend(inline_problems)
+                    continue
             found = strategy_of(entry, manager, method.name if method else None)
             if found is None:
                 base = entry.type.split(":")[0].split(".")[0]
@@ -552,10 +558,65 @@ def strategy_of(entry: Any, manager, method: str | None) -> tuple[Any, str] | No
     ``manager.training_method(cfg).name``), or ``None`` when its type is not registered. A name several strategies
     share (one per method) resolves to the one serving ``method``; with ``method`` None, to the first registered."""
     if not isinstance(entry.type, str):
-        inline = manager.inline_strategy()
+        inline = inline_strategy_for(manager, method, entry.type)
         return (inline[0], inline[0].name) if inline else None
     found = manager.strategy_for_method(entry.type, method)
     return (found[0], entry.type) if found else None
+
+
+def inline_strategy_for(manager, method: str | None, value: Any = None) -> tuple[Any, str] | None:
+    """The strategy that reads a ``type:`` written as a mapping for the training method ``method`` (each method's
+    strategies may declare their own inline model, e.g. one for single answers and one for answer pairs); with
+    ``method`` None, the one whose model ``value`` is or validates, else the first registered."""
+    inline = [(s, p) for s, p in manager.all_strategies() if s.inline is not None]
+    if method is not None:
+        return next(((s, p) for s, p in inline if s.methods is None or method in s.methods), None)
+    for s, p in inline:
+        if isinstance(value, s.inline):
+            return s, p
+    for s, p in inline:
+        try:
+            s.inline.model_validate(value)
+            return s, p
+        except ValidationError:
+            continue
+    return manager.inline_strategy()
+
+
+def _parse_inline_type(entry: Any, where: str, manager, method: str | None) -> list[ConfigProblem]:
+    """Validate a ``type:`` mapping against the inline model of the method's strategy and set it on the entry."""
+    found = inline_strategy_for(manager, method, entry.type)
+    if found is None:
+        served = sorted({m for s, _ in manager.all_strategies() if s.inline is not None for m in s.methods or ()})
+        return [ConfigProblem(f"{where}.type", f"a type written as a mapping (a user-defined format) is not available "
+                              f"for the training method {method}, only for {', '.join(served)}; name a dataset type")]
+    model = found[0].inline
+    if isinstance(entry.type, model):
+        return []
+    data = entry.type.model_dump(exclude_unset=True) if isinstance(entry.type, BaseModel) else entry.type
+    try:
+        entry.type = model.model_validate(data)
+        return []
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    others = [(s, m) for s, _ in manager.all_strategies() if s.inline is not None and s.inline is not model
+              for m in [s.inline]]
+    problems = []
+    for err in errors:
+        path = ".".join(str(p) for p in err["loc"])
+        key = str(err["loc"][-1]) if err["loc"] else ""
+        if err["type"] == "extra_forbidden":
+            message = "unknown key" + _suggest(key, model.model_fields)
+            owner = next((s for s, m in others if key in m.model_fields), None)
+            if owner is not None and "did you mean" not in message:
+                message = (f"key of the user-defined format for {', '.join(owner.methods or ('every method',))}, "
+                           f"not for {method or 'this config'} (its keys: {', '.join(model.model_fields)})")
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+        problems.append(ConfigProblem(f"{where}.type{'.' + path if path else ''}", message))
+    return problems
 
 
 NO_EFFECT = {

@@ -100,13 +100,14 @@ def render(manager) -> str:
         out.append(f"| `{name}` | {methods} | `{plugin}` | {strategy.description}{alias} |")
     out.append("")
 
-    inline = manager.inline_strategy()
-    if inline is not None:
-        model_of_inline = inline[0].inline
+    for strategy, plugin in every:  # each strategy reading `type:` as a mapping, for the methods it serves
+        if strategy.inline is None:
+            continue
+        methods = ", ".join(strategy.methods) if strategy.methods else "any method"
         out += [
-            f"### Inline formats (`type:` as a mapping, read by `{inline[0].name}`)",
+            f"### Inline format for {methods} (`type:` as a mapping, read by `{strategy.name}` of `{plugin}`)",
             "",
-            *_table(model_of_inline, list(model_of_inline.model_fields)),
+            *_table(strategy.inline, list(strategy.inline.model_fields)),
             "",
         ]
     out += [

@@ -8,11 +8,17 @@ type                              row layout
 ``chatml.prompt_pairs``           ``system`` (optional), ``prompt``, ``chosen``, ``rejected`` (text)
 ``chatml.argilla_chat``           ``chosen`` and ``rejected`` conversations [user, assistant]
 ``chatml.ultra``                  ``prompt`` (text), ``chosen`` / ``rejected`` conversations [user, assistant]
-``passthrough``                   TRL's layout: ``prompt`` / ``chosen`` / ``rejected`` as text, or as chat
+``chatml.argilla``                ``system`` (optional), ``instruction``, ``chosen_response``, ``rejected_response``
+``chatml.icr``                    ``system`` (optional), ``input``, ``chosen``, ``rejected`` (text)
+``chatml.default``                the first of ``prompt`` / ``input`` / ``question`` / ``instruction``; ``chosen`` or
+                                  ``chosen_response``; ``rejected`` or ``rejected_response``
+``passthrough`` (``.default``)    TRL's layout: ``prompt`` / ``chosen`` / ``rejected`` as text, or as chat
                                   messages rendered with the tokenizer's chat template; without ``prompt``
                                   (HH-RLHF) the prompt is what chosen and rejected share
 ``user_defined.default``          columns and format strings in the dataset entry (``field_prompt``,
                                   ``prompt_format``, ...)
+``type: {field_prompt: ...}``     the same keys written as the ``type:`` mapping (Axolotl's form), strictly
+                                  validated; placeholders ``{prompt}`` / ``{system}``, ``{chosen}``, ``{rejected}``
 ================================  =========================================================================
 
 With rl: kto the same types read ``completion`` (text; for ``argilla_chat`` a [user, assistant] conversation)
@@ -40,7 +46,7 @@ KTO_COLUMNS = ("prompt", "completion", "label")
 # sets of columns and the builder gives, for the config's method, its own columns and ``None`` in the others.
 ALL_METHODS = (*PAIR_METHODS, "kto")
 ALL_COLUMNS = (*COLUMNS, "completion", "label")
-LAYOUTS = ("intel", "argilla_chat", "prompt_pairs", "ultra")
+LAYOUTS = ("intel", "argilla_chat", "prompt_pairs", "ultra", "argilla", "icr", "default")
 
 
 class UserDefinedPairOptions(BaseModel):
@@ -59,6 +65,18 @@ class UserDefinedPairOptions(BaseModel):
     prompt_format: str | None = Field(None, description="How the prompt is written, with {prompt} (and {system}).")
     chosen_format: str | None = Field(None, description="How the chosen response is written, with {chosen}.")
     rejected_format: str | None = Field(None, description="How the rejected response is written, with {rejected}.")
+
+
+class UserDefinedPairFormat(UserDefinedPairOptions):
+    """Axolotl's preference user-defined format written as the ``type:`` mapping (``rl: dpo`` with
+    ``type: {field_prompt: .., prompt_format: ..}``); the same keys as the ``user_defined.default`` entry keys."""
+
+
+# The placeholders each format string may use; anything else is a validate error.
+PLACEHOLDERS = {"prompt_format": ("prompt", "system"), "chosen_format": ("chosen",), "rejected_format": ("rejected",),
+                "completion_format": ("completion",)}
+KTO_ONLY = ("field_completion", "field_label", "completion_format")
+PAIR_ONLY = ("field_chosen", "field_rejected", "chosen_format", "rejected_format")
 
 
 class ChatTemplatePairOptions(BaseModel):
@@ -95,7 +113,7 @@ def gym_dataset_strategies():
         "field_rejected, rendered with the chat template (the same names serve SFT conversations).",
     ))
     strategies.append(DatasetStrategy(
-        name="passthrough", builder=f"{__name__}:build_passthrough", columns=ALL_COLUMNS, methods=ALL_METHODS,
+        name="passthrough", aliases=("passthrough.default",), builder=f"{__name__}:build_passthrough", columns=ALL_COLUMNS, methods=ALL_METHODS,
         description="Preference pairs already in TRL's layout: prompt / chosen / rejected as text or chat messages "
         "(rendered with the chat template).",
     ))
@@ -106,7 +124,65 @@ def gym_dataset_strategies():
         description="Preference pairs from columns and format strings named in the dataset entry (field_prompt, "
         "prompt_format, ...).",
     ))
+    # ``type:`` written as a mapping with a preference method (the SFT ``user_defined`` serves rl-less configs).
+    # A record of its own: a type name may be read inline by one strategy per method.
+    strategies.append(DatasetStrategy(
+        name="user_defined", builder=f"{__name__}:build_user_defined", columns=ALL_COLUMNS, methods=ALL_METHODS,
+        options=UserDefinedPairOptions, inline=UserDefinedPairFormat,
+        description="Preference pairs (or KTO completions) from the format written as a mapping in `type:` "
+        "(field_prompt, field_chosen, field_rejected, prompt_format, ...).",
+    ))
     return strategies
+
+
+@hookimpl
+def gym_validate_config(cfg):
+    """The user-defined preference format: only its method's keys, known placeholders, and written once."""
+    from gym.api import ConfigProblem
+
+    problems = []
+    kto = is_kto(cfg)
+    for list_key in ("datasets", "test_datasets"):
+        for i, entry in enumerate(getattr(cfg, list_key, None) or ()):
+            inline = isinstance(entry.type, UserDefinedPairFormat)
+            if not inline and entry.type not in ("user_defined", "user_defined.default"):
+                continue
+            where = f"{list_key}.{i}" + (".type" if inline else "")
+            spec = entry.type if inline else entry
+            if inline:
+                both = [k for k in UserDefinedPairOptions.model_fields if getattr(entry, k, None) is not None]
+                problems += [ConfigProblem(f"{list_key}.{i}.{k}", "the user-defined format is written in `type:`; "
+                                           "set this key there, not in the entry") for k in both]
+            wrong = PAIR_ONLY if kto else KTO_ONLY
+            for key in wrong:
+                if getattr(spec, key, None) is not None:
+                    problems.append(ConfigProblem(f"{where}.{key}", f"a key for {'pairs' if kto else 'rl: kto'}, "
+                                                  f"not used with rl: {getattr(cfg, 'rl', None) or 'reward_model'}"))
+            for key, names in PLACEHOLDERS.items():
+                message = _format_problem(getattr(spec, key, None), names)
+                if message:
+                    problems.append(ConfigProblem(f"{where}.{key}", message))
+    return problems or None
+
+
+def _format_problem(text: str | None, names: tuple[str, ...]) -> str | None:
+    """What is wrong with a format string whose placeholders must be among ``names`` (``None``: nothing)."""
+    import difflib
+    import string
+
+    if text is None:
+        return None
+    try:
+        used = [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+    except ValueError as exc:
+        return f"not a valid format string ({exc}); write a literal brace as {{{{ or }}}}"
+    known = ", ".join("{" + n + "}" for n in names)
+    for field in used:
+        if field not in names:
+            close = difflib.get_close_matches(field, names, n=1, cutoff=0.6)
+            hint = f"; did you mean {{{close[0]}}}?" if close else ""
+            return f"unknown placeholder {{{field}}}{hint} (known: {known})"
+    return None
 
 
 # --------------------------------------------------------------------------------------------- formats
@@ -245,7 +321,33 @@ def _ultra(row):
             _message_content(row.get("rejected"), 1, "rejected", "assistant"))
 
 
-_CONVERTERS = {"intel": _intel, "argilla_chat": _argilla_chat, "prompt_pairs": _prompt_pairs, "ultra": _ultra}
+def _argilla(row):
+    return (_text(row.get("system"), "system"), _text(row.get("instruction"), "instruction", True),
+            _text(row.get("chosen_response"), "chosen_response"), _text(row.get("rejected_response"), "rejected_response"))
+
+
+def _icr(row):
+    return (_text(row.get("system"), "system"), _text(row.get("input"), "input", True),
+            _text(row.get("chosen"), "chosen"), _text(row.get("rejected"), "rejected"))
+
+
+def _first_column(row, names: tuple[str, ...]) -> str:
+    """The first of ``names`` the rows have (the last one when none: then named as missing)."""
+    return next((name for name in names if name in row), names[-1])
+
+
+def _default(row):
+    """The prompt in prompt, input, question or instruction; the answers in chosen / rejected or
+    chosen_response / rejected_response (the first column present)."""
+    prompt = _first_column(row, ("prompt", "input", "question", "instruction"))
+    chosen = _first_column(row, ("chosen", "chosen_response"))
+    rejected = _first_column(row, ("rejected", "rejected_response"))
+    return (_text(row.get("system"), "system"), _text(row.get(prompt), prompt, True),
+            _text(row.get(chosen), chosen), _text(row.get(rejected), rejected))
+
+
+_CONVERTERS = {"intel": _intel, "argilla_chat": _argilla_chat, "prompt_pairs": _prompt_pairs, "ultra": _ultra,
+               "argilla": _argilla, "icr": _icr, "default": _default}
 
 
 def _kto_intel(row):
@@ -263,8 +365,22 @@ def _kto_argilla_chat(row):
             _message_content(row.get("completion"), 1, "completion", "assistant"), _label(row.get("label"), "label"))
 
 
+def _kto_column(name: str):
+    def convert(row):
+        return (_text(row.get("system"), "system"), _text(row.get(name), name, True),
+                _text(row.get("completion"), "completion"), _label(row.get("label"), "label"))
+
+    return convert
+
+
+def _kto_default(row):
+    prompt = _first_column(row, ("prompt", "input", "question", "instruction"))
+    return _kto_column(prompt)(row)
+
+
 _KTO_CONVERTERS = {"intel": _kto_intel, "argilla_chat": _kto_argilla_chat, "prompt_pairs": _kto_prompt,
-                   "ultra": _kto_prompt}
+                   "ultra": _kto_prompt, "argilla": _kto_column("instruction"), "icr": _kto_column("input"),
+                   "default": _kto_default}
 
 
 def _builder(family: str, layout: str):
@@ -451,7 +567,9 @@ class UserDefinedPairs:
 
 
 def build_user_defined(tokenizer: Any, cfg: Any, dataset: Any) -> UserDefinedPairs:
-    return UserDefinedPairs(dataset, kto=is_kto(cfg))
+    """The format from the ``type:`` mapping, or from the entry's keys with ``type: user_defined.default``."""
+    spec = dataset.type if isinstance(dataset.type, UserDefinedPairFormat) else dataset
+    return UserDefinedPairs(spec, kto=is_kto(cfg))
 
 
 # ------------------------------------------------------------------------------ chat_template for pairs

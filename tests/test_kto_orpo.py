@@ -110,3 +110,78 @@ def test_kto_trains(tmp_path, adapter):
     assert "## Preference training (kto)" in (out / "README.md").read_text()
     if adapter:
         assert (out / "adapter_config.json").is_file() and not (out / "ref").exists()
+
+
+# ------------------------------------------------------------------------------------- learning proofs
+
+
+def marked_pairs(count: int, seed: int) -> list[dict]:
+    """Addition pairs with a signal a tiny model learns in a few dozen steps: the chosen answer is the right sum
+    ending in ".", the rejected one a near miss ending in "?"."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        wrong = a + b + rng.choice((-10, -1, 1, 10))
+        rows.append({"prompt": [{"role": "user", "content": f"What is {a} + {b}?"}],
+                     "chosen": [{"role": "assistant", "content": f"{a + b}."}],
+                     "rejected": [{"role": "assistant", "content": f"{wrong}?"}]})
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict]) -> str:
+    import json
+
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def kto_rows(pairs: list[dict]) -> list[dict]:
+    """Each pair as two KTO rows: the chosen answer desirable, the rejected one not."""
+    return [{"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"}
+            for p in pairs for key in ("chosen", "rejected")]
+
+
+def log_prob_margin(model_dir: str, pairs: list[dict]) -> float:
+    """Mean over ``pairs`` of log p(chosen) - log p(rejected) under the causal LM in ``model_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    margins = []
+    with torch.no_grad():
+        for pair in pairs:
+            prompt = tokenizer.apply_chat_template(pair["prompt"], tokenize=False, add_generation_prompt=True)
+            start = len(tokenizer(prompt)["input_ids"])
+            scores = []
+            for key in ("chosen", "rejected"):
+                ids = torch.tensor([tokenizer(prompt + pair[key][0]["content"] + "<|im_end|>")["input_ids"]])
+                logps = model(ids).logits[0, :-1].log_softmax(-1)
+                scores.append(logps[torch.arange(start - 1, ids.shape[1] - 1), ids[0, start:]].sum().item())
+            margins.append(scores[0] - scores[1])
+    return sum(margins) / len(margins)
+
+
+LEARN = {"sequence_len": 64, "micro_batch_size": 16, "learning_rate": 1e-3, "lr_scheduler": "constant",
+         "logging_steps": 10}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rl, keys", [("orpo", {"orpo_alpha": 1.0}), ("kto", {})])
+def test_a_short_run_makes_the_policy_prefer_the_chosen_answers(tmp_path, rl, keys):
+    """From the untrained tiny model, 30 steps of ORPO (or KTO) on generated pairs raise the held-out log-probability
+    margin of chosen over rejected from about 0 to clearly positive; TRL's reward figures agree."""
+    held_out = marked_pairs(48, seed=99)
+    train = marked_pairs(600, seed=1)
+    data = write_rows(tmp_path / "train.jsonl", kto_rows(train) if rl == "kto" else train)
+    before = log_prob_margin(str(testing.tiny_model()), held_out)
+    result = testing.run_config({"rl": rl, "datasets": [{"path": data, "type": "passthrough"}], **LEARN, **keys}, steps=30,
+                                tmp_path=tmp_path)
+    after = log_prob_margin(result.output_dir, held_out)
+    print(f"{rl}: held-out log-prob margin {before:+.3f} -> {after:+.3f}; "
+          f"{ {k: round(v, 3) for k, v in result.metrics.items() if 'rewards' in k} }")
+    assert abs(before) < 1.0 and after > before + 2.0
+    assert result.metrics["rewards_margins"] > 0

@@ -180,3 +180,128 @@ def test_chat_template_pairs_builder_for_the_chat_template_default_layout():
                                   "chosen": [{"from": "gpt", "value": "yo"}], "rejected": ["no"]})
     assert out["prompt"] == ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"]
     assert (out["chosen"], out["rejected"]) == (["yo<|im_end|>\n"], ["no<|im_end|>\n"])
+
+
+# ------------------------------------------------------------- Axolotl's user-defined format written in `type:`
+
+INLINE = {"field_prompt": "question", "field_system": "sys", "field_chosen": "good", "field_rejected": "bad",
+          "prompt_format": "[{system}] Q: {prompt}\nA: ", "chosen_format": "{chosen}.", "rejected_format": "{rejected}."}
+
+
+def _sums(count):
+    """Generated pairs: the right sum is chosen, a near miss rejected; every other row has a system prompt."""
+    rows = []
+    for i in range(count):
+        a, b = 3 * i + 1, 7 * i + 2
+        row = {"question": f"{a}+{b}?", "good": str(a + b), "bad": str(a + b + 1)}
+        if i % 2:
+            row["sys"] = "add"
+        rows.append(row)
+    return rows
+
+
+def test_inline_user_defined_format_renders_pairs_through_the_data_phase(tmp_path):
+    """`rl: dpo` with `type:` a mapping (Axolotl's user_defined.default): read as the preference format, not SFT's,
+    and gym's data phase gives the rendered prompt / chosen / rejected columns."""
+    from gym.api import prepare_data
+    from gym.prompt_strategies.preference import UserDefinedPairFormat
+
+    rows = _sums(12)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = testing.validate({"base_model": testing.TINY_MODEL, "rl": "dpo", "datasets": [{"path": str(path),
+                                                                                         "type": INLINE}]})
+    assert isinstance(cfg.datasets[0].type, UserDefinedPairFormat) and cfg.datasets[0].type.field_prompt == "question"
+    prepared = prepare_data(cfg)
+    assert prepared.report.sources[0].kept == 12
+    got = {(p, c, r) for p, c, r in zip(prepared.train["prompt"], prepared.train["chosen"], prepared.train["rejected"])}
+    want = {(f"[{row.get('sys', '')}] Q: {row['question']}\nA: ", row["good"] + ".", row["bad"] + ".") for row in rows}
+    assert got == want
+    assert prepared.train.column_names == ["prompt", "chosen", "rejected"]
+
+
+def test_inline_user_defined_format_serves_every_pair_method_and_kto():
+    rows = [{"question": "1+1?", "sys": "add", "good": "2", "bad": "3"}]
+    for rl in ("dpo", "ipo", "simpo", "orpo"):
+        out = pairs(INLINE, rows, {"rl": rl})
+        assert out == {"prompt": ["[add] Q: 1+1?\nA: "], "chosen": ["2."], "rejected": ["3."]}, rl
+    # defaults: prompt / chosen / rejected columns written as they are
+    out = pairs({"field_system": "sys"}, [{"prompt": "hi", "chosen": "yo", "rejected": "no"}])
+    assert out == {"prompt": ["hi"], "chosen": ["yo"], "rejected": ["no"]}
+    kto = {"field_prompt": "q", "field_completion": "answer", "field_label": "ok", "prompt_format": "Q: {prompt}\nA: ",
+           "completion_format": "{completion}!"}
+    out = testing.call_strategy(kto, [{"q": "1+1?", "answer": "2", "ok": True}, {"q": "1+1?", "answer": "3", "ok": 0}],
+                                {"rl": "kto", "micro_batch_size": 2})
+    assert (out["prompt"], out["completion"], out["label"]) == (["Q: 1+1?\nA: "] * 2, ["2!", "3!"], [True, False])
+
+
+def problems(config):
+    with pytest.raises(ConfigError) as error:
+        testing.validate({"base_model": "m", "rl": "dpo", **config})
+    return error.value.problems
+
+
+def test_inline_user_defined_format_is_validated_strictly():
+    entry = lambda spec, **more: {"datasets": [{"path": "d.jsonl", "type": spec, **more}]}
+    (problem,) = problems(entry({**INLINE, "field_promt": "q"}))
+    assert problem.startswith("datasets.0.type.field_promt") and "did you mean 'field_prompt'" in problem
+    (problem,) = problems(entry({"field_instruction": "q", "field_chosen": "c"}))
+    assert problem.startswith("datasets.0.type.field_instruction") and "for sft, not for dpo" in problem
+    (problem,) = problems(entry({"prompt_format": "Q: {promt}"}))
+    assert problem.startswith("datasets.0.type.prompt_format") and "did you mean {prompt}" in problem
+    (problem,) = problems(entry({"chosen_format": "{chosen"}))
+    assert problem.startswith("datasets.0.type.chosen_format") and "not a valid format string" in problem
+    (problem,) = problems(entry({"field_completion": "c"}))
+    assert problem.startswith("datasets.0.type.field_completion") and "rl: kto" in problem
+    (problem,) = problems(entry({"field_prompt": "q"}, field_chosen="c"))
+    assert problem.startswith("datasets.0.field_chosen") and "in `type:`" in problem
+    (problem,) = problems({"rl": "kto", "micro_batch_size": 2, **entry({"field_chosen": "c"})})
+    assert problem.startswith("datasets.0.type.field_chosen") and "not used with rl: kto" in problem
+    # the SFT format keeps its own keys without rl, and refuses the preference ones
+    with pytest.raises(ConfigError) as error:
+        testing.validate({"base_model": "m", **entry({"field_prompt": "q"})})
+    (problem,) = error.value.problems
+    assert problem.startswith("datasets.0.type.field_prompt") and "not for sft" in problem
+    assert testing.validate({"base_model": "m", **entry({"field_instruction": "q"})}).datasets[0].type.field_instruction
+
+
+@pytest.mark.slow  # the first TRL import alone takes seconds
+def test_dpo_trains_on_the_inline_user_defined_format(tmp_path):
+    rows = _sums(8)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = testing.run_config({"rl": "dpo", "adapter": "lora", "lora_target_linear": True,
+                                 "datasets": [{"path": str(path), "type": INLINE}]}, steps=2, tmp_path=tmp_path)
+    assert result.method == "dpo" and result.steps == 2
+    assert "rewards_margins" in result.metrics
+    tokenizer = testing.tiny_tokenizer()
+    prompts = {tokenizer.decode(row["prompt_ids"]) for row in result.trainer.train_dataset}
+    assert "[add] Q: 4+9?\nA: " in prompts and "[] Q: 1+2?\nA: " in prompts
+
+
+def test_axolotl_dotted_names_argilla_icr_default_and_passthrough_default():
+    out = pairs("chatml.argilla", [{"system": "be brief", "instruction": "2+2?", "chosen_response": "4",
+                                    "rejected_response": "5"}])
+    assert out == {"prompt": [CHATML_PROMPT], "chosen": ["4<|im_end|>"], "rejected": ["5<|im_end|>"]}
+    out = pairs("chatml.icr", [{"system": "be brief", "input": "2+2?", "chosen": "4", "rejected": "5"}])
+    assert out == {"prompt": [CHATML_PROMPT], "chosen": ["4<|im_end|>"], "rejected": ["5<|im_end|>"]}
+    out = pairs("llama3.default", [{"question": "hi", "chosen_response": "yo", "rejected": "no"}])
+    assert out == {"prompt": [LLAMA3_PROMPT], "chosen": ["yo<|eot_id|>"], "rejected": ["no<|eot_id|>"]}
+    out = pairs("passthrough.default", [{"prompt": "Q: hi\nA:", "chosen": " yo", "rejected": " no"}])
+    assert out == {"prompt": ["Q: hi\nA:"], "chosen": [" yo"], "rejected": [" no"]}
+    kto = testing.call_strategy("chatml.argilla", [{"instruction": "2+2?", "completion": "4", "label": True}],
+                                {"rl": "kto", "micro_batch_size": 2})
+    assert (kto["prompt"], kto["completion"], kto["label"]) == (
+        ["<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"], ["4<|im_end|>"], [True])
+    from gym.api import RowError
+
+    with pytest.raises(RowError) as error:
+        testing.call_strategy("chatml.argilla", [{"question": "2+2?", "chosen_response": "4"}], DPO)
+    assert error.value.field == "instruction"
+
+
+def test_an_unknown_dotted_preference_type_lists_the_known_names():
+    (problem,) = problems({"datasets": [{"path": "d.jsonl", "type": "zephyr.nectar"}]})
+    assert problem.startswith("datasets.0.type") and "unknown dataset type 'zephyr.nectar'" in problem
+    for name in ("chatml.intel", "chatml.argilla", "llama3.ultra", "passthrough", "user_defined.default"):
+        assert name in problem
