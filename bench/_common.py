@@ -142,14 +142,19 @@ def peak_rss_mib() -> float:
     return max(own, children) / 1024  # Linux reports KiB
 
 
+def status_kib(field: str) -> int:
+    """One field of ``/proc/self/status`` in KiB (``VmRSS``: resident now; ``VmHWM``: the resident peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def current_rss_mib() -> float:
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+        return status_kib("VmRSS") / 1024
+    except (OSError, RuntimeError):
+        return float("nan")
 
 
 def emit_result(result: dict[str, Any]) -> None:

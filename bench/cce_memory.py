@@ -20,14 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_result, fmt, print_machine, print_table, run_child  # noqa: E402
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
+from _common import emit_result, fmt, print_machine, print_table, run_child, status_kib  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> None:
@@ -63,12 +56,12 @@ def child(args: argparse.Namespace) -> None:
     hidden, weight, labels = inputs(args.tokens)
     fixed_mib = weight.numel() * weight.element_size() / 2**20  # the weight's gradient, made by both
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     started = time.perf_counter()
     loss = step(hidden, weight, labels)
     loss.backward()
     seconds = time.perf_counter() - started
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     emit_result({
         "impl": args.impl, "loss": float(loss), "peak_mib": (peak - before) / 1024, "seconds": seconds,
         "warm_seconds": warm_seconds, "fixed_mib": fixed_mib,

@@ -19,14 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_result, fmt, print_machine, print_table, run_child  # noqa: E402
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
+from _common import emit_result, fmt, print_machine, print_table, run_child, status_kib  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> None:
@@ -44,12 +37,12 @@ def child(args: argparse.Namespace) -> None:
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.tokens), generator=generator)
     Path("/proc/self/clear_refs").write_text("5")
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     started = time.perf_counter()
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     seconds = time.perf_counter() - started
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     grad_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters())).item()
     params_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     emit_result({"mode": args.mode, "loss": loss.item(), "grad_norm": grad_norm, "peak_mib": (peak - before) / 1024,

@@ -5,7 +5,7 @@ under several environments and prints the wall time of each job (prepared data i
 and start-up are timed). Two jobs at once with torch's defaults oversubscribe the cores: each starts one OpenMP
 thread per core and spins while waiting; the rows below show what each setting does about it.
 
-    python bench/threads.py [--steps 120] [--repeat 2]
+    python bench/threads.py [--steps 120] [--repeat 2] [--jobs 1 2]
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import print_machine
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {
