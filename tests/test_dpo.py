@@ -193,17 +193,18 @@ def preference_and_exact_match(model_dir: str, count: int = 200) -> tuple[float,
     return wins / count, exact / count
 
 
-SFT_STEPS, DPO_STEPS, DPO_LR = 250, 100, 1e-4
+SFT_STEPS, DPO_STEPS, DPO_LR = 250, 100, 5e-5
 
 
 @pytest.mark.slow
 def test_dpo_after_a_short_sft_learns_the_preference(tmp_path):
     """builtin:tiny-llama, a short SFT on builtin:addition (about 10% exact match), then DPO on
     builtin:addition-preferences: on pairs held out of the DPO data, TRL's reward accuracy is well above chance
-    with a positive margin. Measured on this machine: eval reward accuracy 73.4%, margin +0.083. On the addition
-    task's own held-out problems (never in any training data) the tiny model does not generalise the preference:
-    right-over-near-miss 0.67 -> 0.655, greedy exact match 11% -> 6.5%; the test checks only that these do not
-    collapse."""
+    with a positive margin. Measured (2026-12-07, learning rate 5e-5): eval reward accuracy 68.8%, margin +0.047.
+    On the addition task's own held-out problems (never in any training data) the tiny model does not generalise the
+    preference: right-over-near-miss 0.665 -> 0.595, greedy exact match 12% -> 7%; the test checks only that these
+    do not collapse. (At 1e-4 an earlier machine measured 0.67 -> 0.655 and this one 0.665 -> 0.505: the held-out
+    figures move between machines; the eval figures hold.)"""
     sft = testing.run_config(
         {"base_model": "builtin:tiny-llama", "datasets": [{"path": "builtin:addition", "type": "chat_template"}],
          "sequence_len": 64, "micro_batch_size": 64, "learning_rate": 2e-3, "lr_scheduler": "cosine",

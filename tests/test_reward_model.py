@@ -118,7 +118,8 @@ def test_a_reward_model_learns_to_rank_held_out_pairs(tmp_path):
 def test_a_reward_model_learns_which_single_digit_sums_are_right(tmp_path):
     """The arithmetic signal alone, small enough for the untrained tiny model: chosen is the right sum of two
     digits, rejected any wrong one (0-18). After 300 steps of 32 pairs, TRL's own evaluation on 128 held-out pairs
-    ranks well above chance (measured: 82.0%, margin +3.32; 68% after 100 steps)."""
+    ranks well above chance (measured 2026-12-07: 87.5%, margin +2.84, at learning rate 1e-3; 5e-3 gave 82% on
+    an earlier machine and 66% on this one: too high a rate to be repeatable)."""
     import json
     import random
 
@@ -134,7 +135,7 @@ def test_a_reward_model_learns_which_single_digit_sums_are_right(tmp_path):
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     result = testing.run_config({"reward_model": True, "datasets": [{"path": str(data), "type": "passthrough"}],
                                  "val_set_size": 128, "sequence_len": 64, "micro_batch_size": 32,
-                                 "learning_rate": 5e-3, "lr_scheduler": "constant", "logging_steps": 50,
+                                 "learning_rate": 1e-3, "lr_scheduler": "constant", "logging_steps": 50,
                                  "eval_steps": 300}, steps=300, tmp_path=tmp_path)
     print(f"eval accuracy {result.metrics['eval_accuracy']:.3f}, margin {result.metrics['eval_margin']:+.3f}")
     assert result.metrics["eval_accuracy"] >= 0.7 and result.metrics["eval_margin"] > 0.5
