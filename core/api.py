@@ -14,7 +14,7 @@ Groups:
   to describe a key), ``CoreConfig`` (the
   type of ``cfg``), ``DatasetConfig``, ``ConfigProblem``, ``strategy_of`` (a dataset entry's strategy), ``config_folder`` (where the config file is),
   ``get_plugin_manager``;
-- **errors**: ``GymError``, ``ConfigError``, ``DataError``, ``ModelError``, ``PluginError``, ``RowError``;
+- **errors**: ``GymError``, ``ConfigError``, ``DataError``, ``ModelError``, ``PluginError``, ``RowError``, ``LostProcessError``;
 - **methods and data**: ``TrainingMethod``, ``TrainerParts``, ``DataShape``, ``SourceCounts``,
   ``DatasetStrategy``, ``BuiltinDataset``, ``parse_options``, ``write_rows_once``, ``gym_home``, ``publish``,
   ``EvalTask``, ``EvalProblem``, ``eval_tasks`` (task evaluations and the installed ones);
@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "DataError": "gym.errors",
     "ModelError": "gym.errors",
     "PluginError": "gym.errors",
+    "LostProcessError": "gym.errors",
     "RowError": "gym.datasets_api",
     # methods and data
     "TrainingMethod": "gym.methods",
@@ -141,7 +142,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
         train_on_inputs_for,
     )
     from gym.datasets_api import BuiltinDataset, DatasetStrategy, RowError
-    from gym.errors import ConfigError, DataError, GymError, ModelError, PluginError
+    from gym.errors import ConfigError, DataError, GymError, LostProcessError, ModelError, PluginError
     from gym.eval_tasks import EvalProblem, EvalTask, eval_tasks
     from gym.files import publish
     from gym.methods import DataShape, SourceCounts, TrainerParts, TrainingMethod

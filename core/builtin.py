@@ -101,9 +101,28 @@ def build_builtin_tokenizer(spec: BuiltinModel):
     return tokenizer
 
 
+def _plugin_models() -> dict[str, Any]:
+    """``{name: materialize}`` of the built-in models plugins register; one of gym's own names is an error."""
+    from gym.errors import PluginError
+    from gym.plugin_manager import get_plugin_manager
+
+    found: dict[str, Any] = {}
+    for result in get_plugin_manager().hook.gym_builtin_models():
+        for name, materialize in (result or {}).items():
+            if name in BUILTIN_MODELS or name in found:
+                raise PluginError(f"the built-in model name {name!r} is registered twice (gym_builtin_models)")
+            found[name] = materialize
+    return found
+
+
 def materialize_model(path: str) -> Path:
     """The local folder of ``builtin:<name>``, generated into the gym cache the first time."""
-    name = _builtin_name(path, "model", BUILTIN_MODELS)
+    plugin_models = _plugin_models()  # builtin models that plugins make (gym_builtin_models), e.g. tiny-llava
+    name = _builtin_name(path, "model", {**BUILTIN_MODELS, **plugin_models})
+    if name in plugin_models:
+        from gym.methods import load_object
+
+        return Path(load_object(plugin_models[name])(path))
     spec = BUILTIN_MODELS[name]
     root = gym_home() / "models"
     final = root / spec.folder_name(name)

@@ -50,6 +50,8 @@ class GymGroup(click.Group):
         if found is None:
             self._add_plugin_commands()
             found = super().get_command(ctx, cmd_name)
+        if found is not None and cmd_name in TRAINING_COMMANDS:
+            _add_run_options(found)
         return found
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -60,8 +62,34 @@ class GymGroup(click.Group):
         try:
             return super().invoke(ctx)
         except GymError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
+            click.secho(f"error{_rank_tag()}: {exc}", fg="red", err=True)
             ctx.exit(exc.exit_code)
+
+
+def _rank_tag() -> str:
+    """`` (rank 1)`` in a process of a run of several, so that each process's error says whose it is."""
+    import os
+
+    from gym.output import process_rank
+
+    return f" (rank {process_rank()})" if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
+
+
+TRAINING_COMMANDS = ("run", "train")
+
+
+def _add_run_options(command: click.Command) -> None:
+    """The options plugins add to ``gym run`` / ``gym train`` (``gym_run_options``), once per plugin manager."""
+    from gym.plugin_manager import get_plugin_manager
+
+    manager = get_plugin_manager()
+    if getattr(command, "_gym_options_of", None) is manager:
+        return
+    command.params = [p for p in command.params if not getattr(p, "_gym_plugin_option", False)]
+    for option in manager.collected("gym_run_options"):
+        option._gym_plugin_option = True  # type: ignore[attr-defined]
+        command.params.append(option)
+    command._gym_options_of = manager  # type: ignore[attr-defined]
 
 
 class _Registrar(click.Group):
@@ -122,11 +150,11 @@ def _load(config: str, overrides: tuple[str, ...], quiet: bool = False):
     return cfg
 
 
-def _train(config: str, overrides: tuple[str, ...]) -> None:
+def _train(config: str, overrides: tuple[str, ...], options: dict[str, Any]) -> None:
     cfg = _load(config, overrides)
     from gym.plugin_manager import get_plugin_manager
 
-    status = get_plugin_manager().hook.gym_launch(cfg=cfg, argv=sys.argv[1:])
+    status = get_plugin_manager().hook.gym_launch(cfg=cfg, argv=sys.argv[1:], options=options)
     if status is not None:  # a plugin started the processes that train, and waited for them
         sys.exit(status)
     import atexit
@@ -134,7 +162,28 @@ def _train(config: str, overrides: tuple[str, ...]) -> None:
     from gym.run import run
 
     atexit.register(_skip_final_collection)
-    run(cfg)
+    try:
+        run(cfg)
+    except Exception as exc:
+        if _lost_another_process(exc):  # the cause is another process's own error, reported by the launcher
+            from gym.errors import LostProcessError
+
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise LostProcessError(f"lost contact with the other processes of the run ({first_line})") from None
+        raise
+
+
+def _lost_another_process(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another process of the run died."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
+        return False
+    if any(cls.__name__ == "DistError" for cls in type(exc).__mro__):  # torch.distributed's own errors
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "[gloo/", "NCCL error"))
 
 
 def _skip_final_collection() -> None:
@@ -149,17 +198,17 @@ def _skip_final_collection() -> None:
 @main.command()
 @CONFIG
 @OVERRIDES
-def run(config: str, overrides: tuple[str, ...]) -> None:
+def run(config: str, overrides: tuple[str, ...], **options: Any) -> None:
     """Validate CONFIG, prepare the data, train and save the model."""
-    _train(config, overrides)
+    _train(config, overrides, options)
 
 
 @main.command(name="train")
 @CONFIG
 @OVERRIDES
-def train_command(config: str, overrides: tuple[str, ...]) -> None:
+def train_command(config: str, overrides: tuple[str, ...], **options: Any) -> None:
     """The same as `gym run`."""
-    _train(config, overrides)
+    _train(config, overrides, options)
 
 
 @main.command()

@@ -47,14 +47,13 @@ RENAMED_DATASET_KEYS: dict[str, str] = {
 
 # key -> the feature it belongs to, as the error names it.
 _FEATURES: dict[str, tuple[str, ...]] = {
-    "multi-GPU sharding (FSDP)": (
-        "fsdp", "fsdp_config", "fsdp_version", "fsdp_final_state_dict_type", "dp_shard_size", "dp_replicate_size",
+    "tensor, context, expert and sequence parallelism (N-D parallelism)": (
+        "dp_shard_size", "dp_replicate_size",
         "tensor_parallel_size", "context_parallel_size", "expert_parallel_size", "sequence_parallel_degree",
         "heads_k_stride", "ring_attn_func", "expert_parallel_backend", "expert_parallel_num_nvl_bytes",
         "expert_parallel_num_rdma_bytes", "expert_parallel_token_capacity", "expert_parallel_fallback_on_unsupported",
         "qlora_sharded_model_loading", "world_size",
     ),
-    "DeepSpeed": ("deepspeed", "deepcompile"),
     "preference and RL training (rl: dpo/kto/orpo/grpo)": ("process_reward_model", "ebft", "gdpo"),
     "OpenTelemetry metrics": ("use_otel_metrics", "otel_metrics_host", "otel_metrics_port"),
     "LoRA kernels and other custom kernels": (
@@ -77,10 +76,7 @@ _FEATURES: dict[str, tuple[str, ...]] = {
         "model_quantization_config", "model_quantization_config_kwargs", "llmcompressor", "nvfp4_merge_aware",
         "use_onebitllms", "torchao", "quantization", "nvfp4_merge_aware_start_step",
     ),
-    "multimodal models": (
-        "processor_type", "freeze_mm_modules", "image_size", "image_resize_algorithm", "processor_kwargs",
-        "role_boundaries",
-    ),
+    "per-role boundary markers for multimodal label masking": ("role_boundaries",),
     "streaming and pretraining datasets": (
         "pretraining_dataset", "streaming", "streaming_multipack_buffer_size", "sample_packing_sequentially",
         "curriculum_sampling", "dataset_exact_deduplication", "push_dataset_to_hub", "dataset_keep_in_memory",
@@ -169,7 +165,6 @@ _FEATURES: dict[str, tuple[str, ...]] = {
     "float32 norm layers": ("fp32_norms", "fp32_norm_classes"),
     "dataloader options": ("dataloader_drop_last", "dataloader_prefetch_factor", "pad_to_multiple_of"),
     "padding-free batch flattening": ("batch_flattening",),
-    "DDP tuning": ("ddp_broadcast_buffers", "ddp_bucket_cap_mb"),
     "per-device memory limits": ("gpu_memory_limit", "max_memory"),
     "automatic batch size search": ("auto_find_batch_size",),
     "periodic garbage collection and cache emptying": ("gc_steps", "gc_collect_steps", "torch_empty_cache_steps"),

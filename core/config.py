@@ -413,8 +413,6 @@ def core_problems(cfg: BaseModel, manager) -> list[ConfigProblem]:
         problems.append(ConfigProblem("fp16", "bf16 and fp16 are both true; choose one"))
     if cfg.warmup_ratio is not None and cfg.warmup_steps is not None:
         problems.append(ConfigProblem("warmup_steps", "set warmup_ratio or warmup_steps, not both"))
-    if cfg.skip_prepare_dataset:
-        problems.append(ConfigProblem("skip_prepare_dataset", "not supported by gym yet; gym always prepares datasets"))
     if cfg.test_datasets and cfg.val_set_size:
         problems.append(ConfigProblem("val_set_size", "set val_set_size or test_datasets, not both"))
     if cfg.max_steps is not None and cfg.max_steps <= 0:
@@ -623,6 +621,8 @@ NO_EFFECT = {
     "strict": "gym always validates strictly",
     "local_rank": "launchers set LOCAL_RANK in the environment; the config value is not used",
     "remove_unused_columns": "the training method decides which columns its trainer reads",
+    "skip_prepare_dataset": "gym always prepares the text and caches it; what must wait for the batch (images, "
+    "for one) is done by the training method's collator",
 }
 
 

@@ -33,3 +33,10 @@ class DataError(GymError):
 
 class ModelError(GymError):
     """The model or tokenizer could not be loaded."""
+
+
+class LostProcessError(GymError):
+    """In a run of several processes, a collective failed because another process died: that process's own
+    failure is the cause (the launcher reports it); this exit status lets the launcher tell the two apart."""
+
+    exit_code = 75

@@ -19,11 +19,11 @@ order (pluggy passes them by name).
 A run is a short sequence of phases; the hooks of each phase, in the order ``gym run`` calls them::
 
     config    gym_config_schema, gym_dataset_strategies, gym_validate_config, gym_training_method
-    launch    gym_launch
+    launch    gym_run_options, gym_launch
     data      gym_builtin_datasets, gym_data_settings        (strategies and the method's DataShape run here)
     trainer   gym_training_arguments                          (before the model: ZeRO-3 needs them early)
-    model     gym_before_model_load, gym_model_load_kwargs, gym_after_model_load,
-              gym_wrap_model, gym_after_wrap_model
+    model     gym_builtin_models, gym_model_class, gym_before_model_load, gym_model_load_kwargs,
+              gym_after_model_load, gym_wrap_model, gym_after_wrap_model
     trainer   gym_data_collator, gym_callbacks                (then TrainingMethod.build_trainer)
     train     (the trainer's own loop)
     outputs   gym_model_card, gym_after_train
@@ -123,8 +123,19 @@ def gym_register_commands(cli: click.Group) -> None:
     """
 
 
+@hookspec
+def gym_run_options() -> list[click.Option] | None:
+    """Add command-line options to ``gym run`` and ``gym train`` (``--nproc-per-node``).
+
+    When: as ``gym run`` or ``gym train`` is looked up, before its arguments are parsed (so ``gym run --help``
+    lists them). Each option's value reaches :func:`gym_launch` in ``options``, by the option's parameter name.
+
+    Returns: ``click.Option`` objects. Combines: all implementations are called and the lists concatenated.
+    """
+
+
 @hookspec(firstresult=True)
-def gym_launch(cfg: CoreConfig, argv: list[str]) -> int | None:
+def gym_launch(cfg: CoreConfig, argv: list[str], options: dict[str, Any]) -> int | None:
     """Decide how ``gym run`` starts its processes.
 
     When: once, after the config validated and before anything heavy, in the process the user started.
@@ -133,6 +144,8 @@ def gym_launch(cfg: CoreConfig, argv: list[str]) -> int | None:
         cfg: the validated config.
         argv: the arguments ``gym`` was started with (``["run", "cfg.yml", "lora_r=8"]``), so that a
             launcher can start the same command in other processes.
+        options: the values of the options plugins added with :func:`gym_run_options`
+            (``{"nproc_per_node": 2}``).
 
     Returns: ``None`` to train in this process (the default), or the exit status of the processes the
     plugin started and waited for (say, ``torch.distributed.run`` over N workers); this process then trains
@@ -285,6 +298,39 @@ def gym_after_wrap_model(cfg: CoreConfig, model: Any) -> None:
         model: the model the trainer will get (an adapter model when one wrapped it).
 
     Combines: all implementations are called; results are ignored.
+    """
+
+
+@hookspec
+def gym_builtin_models() -> dict[str, Any] | None:
+    """Register generated models that configs name as ``base_model: builtin:<name>`` (next to gym's own
+    ``builtin:tiny-llama``).
+
+    When: whenever a ``builtin:`` model that gym itself does not make is resolved (loading the tokenizer or the
+    model, fingerprinting the tokenizer for the data cache).
+
+    Returns: ``{name: materialize}``, where ``materialize(path) -> str`` (a callable or ``"module:function"``)
+    writes the model, its tokenizer (and processor) once into the gym cache and returns that folder; it must
+    return the same folder for the same path and a new folder whenever what it writes changes.
+
+    Combines: all results, merged; a name registered twice, or one of gym's own names, is an error.
+    """
+
+
+@hookspec(firstresult=True)
+def gym_model_class(cfg: CoreConfig) -> str | None:
+    """Name the ``transformers`` class the model is loaded with when ``model_type`` is not set
+    (``AutoModelForImageTextToText`` for a vision-language model).
+
+    When: once per model built, just before ``from_pretrained``.
+
+    Args:
+        cfg: the validated config.
+
+    Returns: a class name of ``transformers`` with ``from_pretrained``, or ``None`` for the default
+    (``AutoModelForCausalLM``). ``model_type`` in the config always wins.
+
+    Combines: first result.
     """
 
 

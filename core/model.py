@@ -237,7 +237,9 @@ def load_model(cfg: Any, tokenizer: Any, manager: Any = None, mixed_bf16: bool |
     config = model_config(cfg, source)
     defaults = model_load_kwargs(cfg, config, weight_dtype(cfg, mixed_bf16))
     kwargs = manager.merged_dict("gym_model_load_kwargs", base=defaults, cfg=cfg)
-    cls = _auto_class(cfg.model_type, "AutoModelForCausalLM", "model_type")
+    # model_type wins; else a plugin may name the class (gym_model_class: the vision plugin's image-text-to-text)
+    class_name = cfg.model_type or manager.call("gym_model_class", cfg=cfg)
+    cls = _auto_class(class_name, "AutoModelForCausalLM", "model_type")
     model = _from_pretrained(cls.from_pretrained, source, "base_model", "model", **kwargs)
     fit_embeddings(model, tokenizer, cfg.resize_token_embeddings_to_32x)
     sync_special_token_ids(model, tokenizer)
@@ -268,7 +270,8 @@ def build_model(cfg: Any, tokenizer: Any, manager: Any = None, wrap: bool = True
 def fit_embeddings(model: Any, tokenizer: Any, to_32x: bool = False) -> bool:
     """Grow the embeddings when the tokenizer has more tokens than the model (new tokens are initialised
     to the mean of the old ones); round up to a multiple of 32 if asked. Returns whether they changed."""
-    current = model.get_input_embeddings().weight.shape[0]
+    weight = model.get_input_embeddings().weight
+    current = getattr(weight, "ds_shape", weight.shape)[0]  # a parameter partitioned by an engine keeps its full shape there
     wanted = max(len(tokenizer), current)
     if to_32x:
         wanted = -(-wanted // 32) * 32

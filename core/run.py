@@ -223,8 +223,9 @@ def _run(cfg: Any, manager: Any) -> RunResult:
     plan, precision = args.gym_plan, args.gym_precision
     say(
         f"training {method.name}: {plan.total_steps:,} steps ({plan.steps_per_epoch:,} per epoch, "
-        f"{plan.rows:,} rows, micro batch {cfg.micro_batch_size} x {cfg.gradient_accumulation_steps} accumulation), "
-        f"{precision.describe()}" + (f", resuming from {resume}" if resume else "")
+        f"{plan.rows:,} rows, micro batch {cfg.micro_batch_size} x {cfg.gradient_accumulation_steps} accumulation"
+        + (f" x {plan.world_size} processes" if plan.world_size > 1 else "") + "), "
+        + precision.describe() + (f", resuming from {resume}" if resume else "")
     )
     start_step = checkpoint_step(resume)
     train_started = time.perf_counter()

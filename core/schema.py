@@ -99,7 +99,10 @@ class CoreConfig(StrictConfig):
         None, description="Folder for the prepared-data cache; unset keeps no cache."
     )
     dataset_processes: int | None = Field(None, ge=1, description="Worker processes for tokenizing.")
-    skip_prepare_dataset: bool = Field(False, description="Not supported: gym always prepares datasets; must be false.")
+    skip_prepare_dataset: bool | None = Field(
+        None, description="Accepted for compatibility and has no effect: gym always prepares and caches the text "
+        "(a note says so)."
+    )
     sequence_len: int = Field(2048, ge=8, description="Maximum tokens per sample (the training method may use it for its rows too).")
     excess_length_strategy: Literal["drop", "truncate"] = Field(
         "drop", description="What to do with samples longer than `sequence_len`; both are counted."
@@ -169,7 +172,6 @@ class CoreConfig(StrictConfig):
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N evaluations without improvement.")
     dataloader_num_workers: int | None = Field(None, ge=0, description="Data loader worker processes.")
     dataloader_pin_memory: bool | None = Field(None, description="Pin data loader memory.")
-    ddp_find_unused_parameters: bool | None = Field(None, description="Passed to DDP.")
     ddp_timeout: int | None = Field(None, description="Seconds before a distributed collective times out.")
     local_rank: int | None = Field(
         None, description="Set by launchers as an environment variable, not in the config; has no effect here (a note "

@@ -26,7 +26,8 @@ from typing import Any, Iterable
 
 TINY_MODEL = "builtin:tiny-llama-micro"
 
-__all__ = ["plugin_manager", "validate", "tiny_model", "tiny_tokenizer", "call_strategy", "run_config"]
+__all__ = ["plugin_manager", "validate", "tiny_model", "tiny_tokenizer", "call_strategy", "run_config", "run_processes",
+           "write_config", "logged_losses"]
 
 
 def plugin_manager(*plugins: Any, builtins: bool = True):
@@ -146,3 +147,52 @@ def run_config(config: dict[str, Any], *plugins: Any, steps: int = 3, tmp_path: 
     manager = _manager(plugins)
     with using_plugin_manager(manager):
         return run(validate({**defaults, **config}, manager), manager)
+
+
+def run_processes(config: dict[str, Any], nproc: int, tmp_path: str | os.PathLike, overrides: Iterable[str] = (),
+                  env: dict[str, str] | None = None, timeout: float = 600, launch: Iterable[str] = ()):
+    """Run ``gym run`` on ``config`` over ``nproc`` processes on this machine (gloo on a CPU); the
+    ``subprocess.CompletedProcess`` (``returncode``, ``stdout``, ``stderr``: text).
+
+    ``config`` is written to ``tmp_path/config.yml``; the defaults of :func:`run_config` fill what it leaves out
+    (``output_dir`` is ``tmp_path/output``). Each process uses one torch thread. ``launch`` adds options for
+    the launcher (``["--nnodes", "2"]``). Only installed plugins take part (this runs the ``gym`` command)."""
+    import subprocess
+    import sys
+
+    path = write_config(config, tmp_path)
+    command = [sys.executable, "-m", "gym.cli", "run", str(path), "--nproc-per-node", str(nproc), *launch,
+               *overrides]
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(_LAUNCHER_PREFIXES)}
+    environment = {**inherited, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment,
+                          cwd=path.parent)
+
+
+# What a launcher leaves in the environment: a test run inside another run's process must not join that run.
+_LAUNCHER_PREFIXES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                      "TORCHELASTIC_", "SLURM_", "GROUP_RANK", "ROLE_")
+
+
+def write_config(config: dict[str, Any], tmp_path: str | os.PathLike) -> Path:
+    """``config`` with :func:`run_config`'s defaults, written to ``tmp_path/config.yml`` (``output_dir``:
+    ``tmp_path/output``); its path."""
+    import yaml
+
+    tmp = Path(tmp_path)
+    tmp.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "base_model": TINY_MODEL, "max_steps": 3, "micro_batch_size": 2, "sequence_len": 128,
+        "output_dir": str(tmp / "output"), "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "no",
+    }
+    path = tmp / "config.yml"
+    path.write_text(yaml.safe_dump(_plain({**defaults, **config}), sort_keys=False))
+    return path
+
+
+def logged_losses(output_dir: str | os.PathLike) -> list[float]:
+    """The training loss of every logged step of a finished run, from ``output_dir/trainer_state.json``."""
+    import json
+
+    state = json.loads((Path(output_dir) / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]

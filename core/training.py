@@ -157,8 +157,6 @@ def training_arguments(cfg: Any, plan: StepPlan, precision: HardwarePrecision, h
         args["activation_checkpointing_kwargs"] = dict(cfg.gradient_checkpointing_kwargs or {"use_reentrant": False})
     if cfg.dataloader_num_workers is not None:
         args["dataloader_num_workers"] = cfg.dataloader_num_workers
-    if cfg.ddp_find_unused_parameters is not None:
-        args["ddp_find_unused_parameters"] = cfg.ddp_find_unused_parameters
     if cfg.ddp_timeout is not None:
         args["ddp_timeout"] = cfg.ddp_timeout
     if cfg.torch_compile is True or (cfg.torch_compile == "auto" and precision.cuda):
@@ -212,6 +210,10 @@ def checkpoint_problem(folder: Path) -> str | None:
         return "its trainer_state.json is cut short"
     weights = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
     if not weights:
+        # A sharded checkpoint (torch.distributed.checkpoint) is a folder of per-process files whose .metadata
+        # is written last, once every process has finished.
+        if any(part.is_file() for part in folder.glob("*/.metadata")):
+            return None
         return "it has no model weights"
     for path in weights:
         if path.suffix == ".safetensors" and not _safetensors_complete(path):

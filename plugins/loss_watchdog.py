@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gym.api import hookimpl
+from gym.api import hookimpl, say
 from gym.api import ConfigProblem
 
 
@@ -62,11 +62,9 @@ def make_callback(threshold: float, patience: int):
                 return control
             self.strikes = self.strikes + 1 if loss > threshold else 0
             if self.strikes >= patience:
-                print(
-                    f"[gym] loss watchdog: loss {loss:.4f} above {threshold} for {patience} logged steps in a row; "
-                    f"stopping at step {state.global_step}",
-                    flush=True,
-                )
+                # every process sees the same (averaged) loss and stops at the same step; rank 0 says so
+                say(f"loss watchdog: loss {loss:.4f} above {threshold} for {patience} logged steps in a row; "
+                    f"stopping at step {state.global_step}")
                 self.gym_metrics["loss_watchdog_stopped_at_step"] = state.global_step
                 self.gym_stop_reason = (
                     f"loss watchdog at step {state.global_step}: loss above {threshold} for {patience} logged steps"

@@ -106,7 +106,7 @@ def training_dtype_name(cfg) -> str:
     """float32, bfloat16 or float16: the precision the run computes in, as bf16 / fp16 (``auto`` too) ask."""
     from gym.api import resolve_precision
 
-    precision = resolve_precision(cfg)
+    precision = resolve_precision(cfg, quiet=True)
     return "bfloat16" if precision.bf16 else "float16" if precision.fp16 else "float32"
 
 

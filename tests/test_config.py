@@ -122,15 +122,15 @@ def test_cross_field_rule_names_both_fields(write_config):
 
 
 def test_unsupported_key_with_a_value_is_rejected(write_config):
-    (problem,) = problems_of(write_config(BASE + "fsdp_config:\n  fsdp_version: 2\n"))
-    assert problem.startswith("fsdp_config") and "not supported by gym yet" in problem
+    (problem,) = problems_of(write_config(BASE + "tensor_parallel_size: 2\n"))
+    assert problem.startswith("tensor_parallel_size") and "not supported by gym yet" in problem
 
 
 def test_unsupported_key_left_empty_is_a_note_not_an_error(write_config):
     notes: list[str] = []
-    cfg = load_config(write_config(BASE + "fsdp_version:\nrelora: false\n"), notes=notes)
+    cfg = load_config(write_config(BASE + "tensor_parallel_size:\nrelora: false\n"), notes=notes)
     assert cfg.base_model == "some/model"
-    assert len(notes) == 2 and notes[0].startswith("fsdp_version (line 5)")
+    assert len(notes) == 2 and notes[0].startswith("tensor_parallel_size (line 5)")
 
 
 def test_renamed_keys_say_what_to_write(write_config):

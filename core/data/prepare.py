@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gym.data import cache as data_cache
+from gym.output import process_rank
 from gym.data.loading import content_fingerprint, describe, line_of_row, load_entry
 from gym.datasets_api import RowError
 from gym.errors import DataError, GymError
@@ -57,6 +59,7 @@ class DataReport:
     cache_path: str | None = None
     fingerprint: str = ""
     seconds: float = 0.0
+    built_by: int | None = None  # the global rank that prepared the data, in a run of several processes
 
     @property
     def cache_hit(self) -> bool:
@@ -147,7 +150,8 @@ class PreparedData:
         else:
             lines.append(self.shape.describe("eval", r.eval.samples, r.eval.rows, r.eval.figures))
         if r.cache == "off":
-            lines.append("cache: off (set dataset_prepared_path to keep the prepared data)")
+            once = f"prepared once, by rank {r.built_by}, for this machine's processes; " if r.built_by is not None else ""
+            lines.append(f"cache: off ({once}set dataset_prepared_path to keep the prepared data)")
         else:
             verb = "loaded from" if r.cache_hit else "written to"
             lines.append(f"cache: {r.cache}, {verb} {r.cache_path} ({r.seconds:.2f}s)")
@@ -338,28 +342,54 @@ def prepare_data(cfg: Any, tokenizer: Any = None, manager: Any = None) -> Prepar
 
     if not cfg.dataset_prepared_path:
         data_cache.remove_stale_builds(Path(tempfile.gettempdir()), "gym-prepared-")
-        folder = Path(tempfile.mkdtemp(prefix=f"gym-prepared-{data_cache.owner_tag()}-"))
-        atexit.register(shutil.rmtree, folder, True)
-        report = build(folder)
-        report.fingerprint, report.cache = fingerprint, "off"
-        return _finish(_load_prepared(folder, report, method), started)
-
-    root = Path(cfg.dataset_prepared_path).expanduser()
-    data_cache.remove_stale_builds(root, ".tmp-")
+        shared = _run_folder()
+        if shared is None:
+            folder = Path(tempfile.mkdtemp(prefix=f"gym-prepared-{data_cache.owner_tag()}-"))
+            atexit.register(shutil.rmtree, folder, True)
+            report = build(folder)
+            report.fingerprint, report.cache = fingerprint, "off"
+            return _finish(_load_prepared(folder, report, method), started)
+        root, cache_label = shared, "off"
+    else:
+        root, cache_label = Path(cfg.dataset_prepared_path).expanduser(), None
+        data_cache.remove_stale_builds(root, ".tmp-")
     final = root / fingerprint
     with data_cache.cache_lock(root, fingerprint):
         if not final.exists():
             report = data_cache.build_and_publish(root, fingerprint, build, final)
             if report is not None:
                 report.fingerprint, report.cache, report.cache_path = fingerprint, "miss", str(final)
+                report.built_by = process_rank() if cache_label else None
                 (final / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
+                report.cache = cache_label or report.cache
                 return _finish(_load_prepared(final, report, method), started)
     try:
         report = DataReport.from_dict(json.loads((final / "report.json").read_text()))
     except (OSError, ValueError, TypeError) as exc:
         raise DataError(f"the prepared data in {final} cannot be read ({exc}); delete that folder to rebuild it") from None
-    report.cache, report.cache_path = "hit", str(final)
+    report.cache, report.cache_path = cache_label or "hit", str(final)
     return _finish(_load_prepared(final, report, method), started)
+
+
+def _run_folder() -> Path | None:
+    """Where the processes of one run on this machine prepare the data once, without ``dataset_prepared_path``
+    (``None`` for a run of one process). The first to take the lock builds; the others wait and load its rows.
+
+    The folder is named after what the local processes share: the launcher that started them (their parent:
+    torchrun's agent or another launcher) or, under ``srun``, the job step. Its host~pid tag
+    lets a later run remove it when that launcher died without cleaning up."""
+    env = os.environ
+    if int(env.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    host = data_cache.owner_tag().split("~")[0]
+    if "SLURM_STEP_ID" in env and not env.get("TORCHELASTIC_RUN_ID"):
+        name = f"gym-prepared-slurm-{env.get('SLURM_JOB_ID', '0')}.{env['SLURM_STEP_ID']}"
+    else:
+        name = f"gym-prepared-{host}~{os.getppid()}-run"
+    folder = Path(tempfile.gettempdir()) / name
+    if env.get("LOCAL_RANK", "0") == "0":
+        atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def _load_tokenizer(cfg: Any) -> Any:

@@ -62,10 +62,23 @@ class TrainedTokens(TrainerCallback):
         if model is not None:
             model.config.use_cache = True  # trained without a cache (packed rows); generation wants it
         seconds = time.perf_counter() - self._started
-        tokens = int(self.total)
+        tokens = _summed_over_processes(self.total, args.device)
         rate = tokens / seconds if seconds else 0.0
         self.gym_metrics = {"tokens_trained": tokens, "tokens_per_second": round(rate, 1)}
         self.gym_summary = [f"{tokens:,} tokens trained ({rate:,.0f} tokens/s)"]
+
+
+def _summed_over_processes(count: Any, device: Any) -> int:
+    """A count every process of the run made, summed over all of them (itself when it runs alone)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return int(count)
+    import torch
+
+    total = torch.tensor(int(count), dtype=torch.long, device=device)
+    dist.all_reduce(total)
+    return int(total)
 
 
 def _row_lengths(dataset: Any) -> list[int]:
