@@ -5,7 +5,9 @@
 - ``tokenizer_default``: the template the tokenizer ships with;
 - ``tokenizer_default_fallback_<name>``: the tokenizer's own, or the built-in ``<name>`` when it has none;
 - ``jinja``: the Jinja source given in ``chat_template_jinja``;
-- a built-in name from :data:`BUILTIN_CHAT_TEMPLATES` (chatml, llama3, mistral, ...).
+- a built-in name from :data:`BUILTIN_CHAT_TEMPLATES` (chatml, llama3, mistral, ...);
+- the name of a family whose tokenizer ships its template (:data:`MODEL_OWN_TEMPLATES`: llava, qwen2_vl, ...):
+  the tokenizer's own template, as ``tokenizer_default``.
 
 The templates below are written for gym. They render the usual turn markers of each model family; the
 model's own special tokens (``<|eot_id|>``, ``<end_of_turn>`` ...) must exist in the tokenizer to be
@@ -117,12 +119,20 @@ BUILTIN_CHAT_TEMPLATES: dict[str, str] = {
     "qwen_25": QWEN_25,
 }
 
+# Template names of model families whose tokenizer (or processor) ships the family's template: gym uses that
+# template, so configs that name the family run unchanged. A tokenizer without a template is an error then.
+MODEL_OWN_TEMPLATES: tuple[str, ...] = (
+    "falcon_h1", "gemma3n", "gemma4", "jamba", "llama4", "llava", "pixtral", "qwen2_vl", "qwen3", "qwen3_5",
+)
+
 TOKENIZER_DEFAULT = "tokenizer_default"
 FALLBACK_PREFIX = "tokenizer_default_fallback_"
 JINJA = "jinja"
 
 # Every value `chat_template:` accepts (plus `tokenizer_default_fallback_<built-in name>`).
-CHAT_TEMPLATE_NAMES: tuple[str, ...] = (TOKENIZER_DEFAULT, JINJA, *sorted(BUILTIN_CHAT_TEMPLATES))
+CHAT_TEMPLATE_NAMES: tuple[str, ...] = (
+    TOKENIZER_DEFAULT, JINJA, *sorted(BUILTIN_CHAT_TEMPLATES), *MODEL_OWN_TEMPLATES
+)
 
 
 def is_known_chat_template(name: str) -> bool:
@@ -162,6 +172,13 @@ def resolve_chat_template(
         return own or BUILTIN_CHAT_TEMPLATES[fallback]
     if cfg_chat_template in BUILTIN_CHAT_TEMPLATES:
         return BUILTIN_CHAT_TEMPLATES[cfg_chat_template]
+    if cfg_chat_template in MODEL_OWN_TEMPLATES:
+        if tokenizer is not None and not own:
+            raise ConfigError(
+                f"chat_template: {cfg_chat_template!r} means the model's own template, and this tokenizer has none; "
+                "give the template in chat_template_jinja (with chat_template: jinja) or name a built-in one"
+            )
+        return own
     raise ConfigError(
         f"chat_template: unknown template {cfg_chat_template!r}; use one of {', '.join(CHAT_TEMPLATE_NAMES)}, "
         f"or {FALLBACK_PREFIX}<name>"

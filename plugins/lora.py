@@ -389,6 +389,19 @@ def load_full_precision_base(cfg, tokenizer):
     return build_model(plain, tokenizer, wrap=False)
 
 
+# Files saved next to an adapter that a merged model needs as well (a vision model's processor, for one).
+COMPANION_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+                   "chat_template.jinja", "chat_template.json")
+
+
+def _copy_companion_files(adapter_dir: Path, target: Path) -> None:
+    import shutil
+
+    for name in COMPANION_FILES:
+        if (adapter_dir / name).is_file() and not (target / name).is_file():
+            shutil.copy2(adapter_dir / name, target / name)
+
+
 def merge_adapter(cfg, lora_model_dir: str | None = None) -> Path:
     """Merge the adapter into a full-precision copy of the base and save it to ``output_dir/merged``."""
     from peft import PeftModel
@@ -409,6 +422,7 @@ def merge_adapter(cfg, lora_model_dir: str | None = None) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(target)
     tokenizer.save_pretrained(target)
+    _copy_companion_files(adapter_dir, target)
     logger.info("merged %s into %s: %s", adapter_dir, cfg.base_model, target)
     return target
 

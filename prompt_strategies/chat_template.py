@@ -130,6 +130,27 @@ def end_of_turn_ids(tokenizer: Any, eot_tokens: list[str] | None) -> set[int] | 
     return ids
 
 
+def read_chat_options(strategy: Any, cfg: Any, dataset: Any) -> None:
+    """Set the dataset's chat options on ``strategy``: ``field_messages``, ``mappings`` (with
+    ``explicit_mappings``: whether the dataset gave any), ``role_names``, ``roles_to_train``, ``train_on_eos``,
+    ``drop_system`` and ``train_all``. Shared by every strategy that reads chat rows."""
+    from gym.api import train_on_inputs_for
+
+    strategy.field_messages = dataset.field_messages or "messages"
+    strategy.mappings = dict(dataset.message_property_mappings or {})
+    strategy.explicit_mappings = bool(strategy.mappings)
+    strategy.mappings.setdefault("role", "role")
+    strategy.mappings.setdefault("content", "content")
+    strategy.role_names = dict(DEFAULT_ROLE_NAMES)
+    for role, names in (dataset.roles or {}).items():
+        for name in names:
+            strategy.role_names[str(name)] = role
+    strategy.roles_to_train = set(dataset.roles_to_train if dataset.roles_to_train is not None else ["assistant"])
+    strategy.train_on_eos = dataset.train_on_eos or "turn"
+    strategy.drop_system = bool(dataset.drop_system_message)
+    strategy.train_all = train_on_inputs_for(cfg, dataset)
+
+
 def build(tokenizer: Any, cfg: Any, dataset: Any) -> "ChatTemplateStrategy":
     return ChatTemplateStrategy(tokenizer, cfg, dataset)
 
@@ -138,7 +159,6 @@ class ChatTemplateStrategy:
     def __init__(self, tokenizer: Any, cfg: Any, dataset: Any):
         from gym.api import resolve_chat_template
         from gym.api import ChatRenderer, SpanLabeler
-        from gym.api import train_on_inputs_for
         from gym.api import DataError
 
         template = None
@@ -157,19 +177,7 @@ class ChatTemplateStrategy:
             )
         self.renderer = ChatRenderer(template, tokenizer)
         self.labeler = SpanLabeler(tokenizer, end_of_turn_ids(tokenizer, cfg.eot_tokens))
-        self.field_messages = dataset.field_messages or "messages"
-        self.mappings = dict(dataset.message_property_mappings or {})
-        self.explicit_mappings = bool(self.mappings)
-        self.mappings.setdefault("role", "role")
-        self.mappings.setdefault("content", "content")
-        self.role_names = dict(DEFAULT_ROLE_NAMES)
-        for role, names in (dataset.roles or {}).items():
-            for name in names:
-                self.role_names[str(name)] = role
-        self.roles_to_train = set(dataset.roles_to_train if dataset.roles_to_train is not None else ["assistant"])
-        self.train_on_eos = dataset.train_on_eos or "turn"
-        self.drop_system = bool(dataset.drop_system_message)
-        self.train_all = train_on_inputs_for(cfg, dataset)
+        read_chat_options(self, cfg, dataset)
 
     # ------------------------------------------------------------------------------------ messages
 

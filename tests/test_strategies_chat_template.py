@@ -182,6 +182,15 @@ def test_resolve_chat_template():
         resolve_chat_template("chatmlx", None, Tok())
     with pytest.raises(ConfigError, match="chat_template_jinja"):
         resolve_chat_template("jinja", None, Tok())
+    # a family whose tokenizer ships its template (Axolotl's names for them): that template, or an error without one
+    assert resolve_chat_template("qwen2_vl", None, Tok()) == "OWN"
+    assert resolve_chat_template("llava", None, Tok()) == "OWN"
+
+    class Bare:
+        chat_template = None
+
+    with pytest.raises(ConfigError, match="'llava' means the model's own template, and this tokenizer has none"):
+        resolve_chat_template("llava", None, Bare())
 
 
 def test_every_builtin_template_renders_like_transformers(tok):
