@@ -315,8 +315,9 @@ def test_zero2_on_two_processes_matches_one_process_and_resumes(baseline, tmp_pa
 
 
 @pytest.mark.slow
-def test_zero3_on_two_processes_holds_half_the_parameters_and_saves_one_model(baseline, tmp_path):
-    done = two_processes(run_keys(baseline["data"], deepspeed="zero3", micro_batch_size=2), tmp_path)
+def test_zero3_on_two_processes_holds_half_the_parameters_saves_one_model_and_resumes(baseline, tmp_path):
+    config = run_keys(baseline["data"], deepspeed="zero3", micro_batch_size=2, save_strategy="steps", save_steps=2)
+    done = two_processes(config, tmp_path)
     line = next(x for x in done.stdout.splitlines() if "parameters held per process (ZeRO-3)" in x)
     assert "rank 0 " in line and "rank 1 " in line and line.count("(50.0%)") == 2, line
     output = tmp_path / "output"
@@ -324,7 +325,16 @@ def test_zero3_on_two_processes_holds_half_the_parameters_and_saves_one_model(ba
     assert results["metrics"]["zero3_params_held_max_fraction"] == pytest.approx(0.5, abs=0.01)
     assert not list(output.glob("global_step*"))  # a plain Hugging Face model, no DeepSpeed shards
     assert_same_losses(testing.logged_losses(output), baseline["losses"])
-    assert_same_weights(weights(output), baseline["weights"])
+    uninterrupted = weights(output)
+    assert_same_weights(uninterrupted, baseline["weights"])
+
+    # A ZeRO-3 checkpoint (each process's partition of parameters and optimizer state) resumes too.
+    assert (output / "checkpoint-2" / "global_step2").is_dir()
+    shutil.rmtree(output / "checkpoint-4")
+    (output / "model.safetensors").unlink()
+    done = two_processes({**config, "auto_resume_from_checkpoints": True}, tmp_path)
+    assert "resuming from" in done.stdout and "checkpoint-2" in done.stdout
+    assert_same_weights(weights(output), uninterrupted)
 
 
 def adapter(folder: Path) -> dict:
