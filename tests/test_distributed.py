@@ -138,13 +138,14 @@ def test_two_processes_train_as_one_with_the_same_global_batch(two_processes, tm
 
 
 @pytest.mark.slow
-def test_a_killed_rank_ends_the_run_and_auto_resume_finishes_it(tmp_path):
+@pytest.mark.parametrize("engine", [{}, {"deepspeed": "zero2"}], ids=["ddp", "zero2"])
+def test_a_killed_rank_ends_the_run_and_auto_resume_finishes_it(engine, tmp_path):
     """SIGKILL one of two processes after the first checkpoint: the run ends at once naming that rank; the same
     command again resumes from the last checkpoint and ends with the weights of a run never interrupted."""
     import psutil
 
     config = {**CONFIG, "max_steps": 120, "save_strategy": "steps", "save_steps": 10, "logging_steps": 10,
-              "auto_resume_from_checkpoints": True}
+              "auto_resume_from_checkpoints": True, **engine}
     baseline = testing.run_processes(config, 2, tmp_path / "baseline")
     assert baseline.returncode == 0, baseline.stderr[-3000:]
 
