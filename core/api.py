@@ -20,7 +20,7 @@ Groups:
   ``EvalTask``, ``EvalProblem``, ``eval_tasks`` (task evaluations and the installed ones);
 - **the strategy toolkit**: ``IGNORE_INDEX``, ``Segment``, ``SegmentEncoder``, ``column``, ``text_at``,
   ``row_error``, ``train_on_inputs_for``, ``split_into_pieces``, ``PromptFormat``, ``InstructionStrategy``,
-  ``TextStrategy``, ``ChatRenderer``, ``SpanLabeler``, ``TemplateError``, ``resolve_chat_template``,
+  ``TextStrategy``, ``ChatRenderer``, ``CompiledTemplate``, ``SpanLabeler``, ``TemplateError``, ``resolve_chat_template``,
   ``is_known_chat_template``, ``CHAT_TEMPLATE_NAMES``;
 - **phases**: ``load_config``, ``load_tokenizer``, ``load_model``, ``build_model``, ``prepare_data``,
   ``run``, ``resolve_source``, ``resolve_precision``, ``weight_dtype``;
@@ -81,6 +81,7 @@ _EXPORTS: dict[str, str] = {
     "InstructionStrategy": "gym.data.instruction",
     "TextStrategy": "gym.data.text",
     "ChatRenderer": "gym.data.chat",
+    "CompiledTemplate": "gym.data.chat",
     "SpanLabeler": "gym.data.chat",
     "TemplateError": "gym.data.chat",
     "resolve_chat_template": "gym.chat_templates",
@@ -127,7 +128,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
     from gym.config import ConfigProblem, config_folder, load_config, redacted, strategy_of
     from gym.plugin_manager import get_plugin_manager
     from gym.hub import push_problem
-    from gym.data.chat import ChatRenderer, SpanLabeler, TemplateError
+    from gym.data.chat import ChatRenderer, CompiledTemplate, SpanLabeler, TemplateError
     from gym.data.instruction import InstructionStrategy, PromptFormat
     from gym.data.prepare import prepare_data
     from gym.data.text import TextStrategy

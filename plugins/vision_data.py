@@ -201,12 +201,6 @@ def load_rgb(reference: str, image_size: Any, algorithm: str) -> Any:
 # -------------------------------------------------------------------------------------------- strategy
 
 
-def _compile(template: str) -> Any:
-    from transformers.utils.chat_template_utils import _compile_jinja_template
-
-    return _compile_jinja_template(template)
-
-
 def build_strategy(tokenizer: Any, cfg: Any, dataset: Any) -> "VisionChatStrategy":
     return VisionChatStrategy(tokenizer, cfg, dataset)
 
@@ -227,7 +221,7 @@ class VisionChatStrategy:
     """``chat_template`` rows with image parts -> ``input_ids`` (image tokens in place), ``labels``, ``images``."""
 
     def __init__(self, tokenizer: Any, cfg: Any, dataset: Any):
-        from gym.api import DataError, SpanLabeler
+        from gym.api import CompiledTemplate, DataError, SpanLabeler
         from gym.prompt_strategies.chat_template import end_of_turn_ids, read_chat_options
 
         self.tokenizer = tokenizer
@@ -241,7 +235,7 @@ class VisionChatStrategy:
             raise DataError(f"dataset {dataset.path}: neither the processor nor the tokenizer has a chat template; "
                             "set `chat_template:`")
         self.template = template
-        self.compiled = _compile(template)
+        self.compiled = CompiledTemplate(template)
         self.context = dict(getattr(tokenizer, "special_tokens_map", {}) or {})
         self.labeler = SpanLabeler(tokenizer, end_of_turn_ids(tokenizer, cfg.eot_tokens))
         read_chat_options(self, cfg, dataset)
@@ -249,15 +243,6 @@ class VisionChatStrategy:
         self.resize = cfg.image_resize_algorithm
         self._placeholder: tuple[int, ...] | None = None
         self._expansions: dict[tuple[int, int], list[int]] = {}
-
-    def __getstate__(self) -> dict:  # compiled templates do not pickle; worker processes compile their own
-        state = dict(self.__dict__)
-        state.pop("compiled", None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.compiled = _compile(self.template)
 
     # ----------------------------------------------------------------------------------- messages
 

@@ -57,6 +57,16 @@ def test_assistant_turns_and_their_end_of_turn_are_trained(manager, tok):
     assert trained_pieces(tok, ids, labels) == ["4<|im_end|>", "6, of course<|im_end|>"]
 
 
+def test_a_strategy_survives_the_trip_to_a_worker_process(manager, tok):
+    """With dataset_processes the strategy is pickled into each worker, which compiles the template again."""
+    import pickle
+
+    strategy = strategy_for(manager, tok, {})
+    copy = pickle.loads(pickle.dumps(strategy))
+    batch = {"messages": [CONVERSATION]}
+    assert copy.process_batch(batch) == strategy.process_batch(batch)
+
+
 def test_roles_to_train_and_train_on_eos(manager, tok):
     batch = {"messages": [CONVERSATION]}
     both = strategy_for(manager, tok, {"roles_to_train": ["user", "assistant"], "train_on_eos": "none"})

@@ -47,23 +47,32 @@ def _compile(template: str):
         return env.from_string(template)
 
 
+class CompiledTemplate:
+    """A chat template compiled as ``apply_chat_template`` compiles it. Compiled templates do not pickle, so it
+    pickles as its source and worker processes (``dataset_processes``) compile their own."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.compiled = _compile(source)
+
+    def render(self, **variables: Any) -> str:
+        return self.compiled.render(**variables)
+
+    def __getstate__(self) -> dict:
+        return {"source": self.source}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["source"])
+
+
 class ChatRenderer:
     """Renders conversations (lists of ``{role, content, ...}``) into text plus one span per message."""
 
     def __init__(self, template: str, tokenizer: Any):
         self.template = template
-        self.compiled = _compile(template)
+        self.compiled = CompiledTemplate(template)
         self.context = {k: v for k, v in dict(getattr(tokenizer, "special_tokens_map", {}) or {}).items()}
         self.verbatim = self._probe_verbatim()
-
-    def __getstate__(self) -> dict:  # compiled templates do not pickle; worker processes compile their own
-        state = dict(self.__dict__)
-        state.pop("compiled", None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.compiled = _compile(self.template)
 
     def _render(self, messages: list[dict]) -> str:
         import jinja2
