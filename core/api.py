@@ -24,7 +24,7 @@ Groups:
   ``is_known_chat_template``, ``CHAT_TEMPLATE_NAMES``;
 - **phases**: ``load_config``, ``load_tokenizer``, ``load_model``, ``build_model``, ``prepare_data``,
   ``run``, ``resolve_source``, ``resolve_precision``, ``weight_dtype``;
-- **output**: ``say``, ``is_main_process``, ``redacted`` (the config as plain data, secrets redacted),
+- **output**: ``say``, ``is_main_process``, ``process_count``, ``redacted`` (the config as plain data, secrets redacted),
   ``push_problem`` (why a push to the hub would fail, checked before any work).
 """
 
@@ -99,6 +99,7 @@ _EXPORTS: dict[str, str] = {
     # output
     "say": "gym.output",
     "is_main_process": "gym.output",
+    "process_count": "gym.output",
     # the config as trackers and reports show it (secrets redacted)
     "redacted": "gym.config",
     # the hub: why a push would fail, said before any work
@@ -148,7 +149,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
     from gym.files import publish
     from gym.methods import DataShape, SourceCounts, TrainerParts, TrainingMethod
     from gym.model import build_model, load_model, load_tokenizer, resolve_source, weight_dtype
-    from gym.output import is_main_process, say
+    from gym.output import is_main_process, process_count, say
     from gym.run import run
     from gym.schema import CoreConfig, DatasetConfig, StrictConfig
     from pydantic import Field

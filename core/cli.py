@@ -68,11 +68,9 @@ class GymGroup(click.Group):
 
 def _rank_tag() -> str:
     """`` (rank 1)`` in a process of a run of several, so that each process's error says whose it is."""
-    import os
+    from gym.output import process_count, process_rank
 
-    from gym.output import process_rank
-
-    return f" (rank {process_rank()})" if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
+    return f" (rank {process_rank()})" if process_count() > 1 else ""
 
 
 TRAINING_COMMANDS = ("run", "train")
@@ -175,9 +173,9 @@ def _train(config: str, overrides: tuple[str, ...], options: dict[str, Any]) -> 
 
 def _lost_another_process(exc: BaseException) -> bool:
     """Whether ``exc`` is a collective failing because another process of the run died."""
-    import os
+    from gym.output import process_count
 
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
+    if process_count() == 1:
         return False
     if any(cls.__name__ == "DistError" for cls in type(exc).__mro__):  # torch.distributed's own errors
         return True

@@ -20,6 +20,12 @@ def process_rank() -> int:
     return 0
 
 
+def process_count() -> int:
+    """How many processes the run has (``WORLD_SIZE``, set by the launcher; 1 when not launched as several)."""
+    value = os.environ.get("WORLD_SIZE", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
 def is_main_process() -> bool:
     """Whether this process is the one that prints and writes (global rank 0)."""
     return process_rank() == 0

@@ -139,14 +139,19 @@ def run_config(config: dict[str, Any], *plugins: Any, steps: int = 3, tmp_path: 
     if tmp_path is None:
         tmp_path = tempfile.mkdtemp(prefix="gym-testing-run-")
         atexit.register(shutil.rmtree, tmp_path, True)
-    defaults = {
+    manager = _manager(plugins)
+    with using_plugin_manager(manager):
+        return run(validate({**_run_defaults(tmp_path, steps), **config}, manager), manager)
+
+
+def _run_defaults(tmp_path: str | os.PathLike, steps: int = 3) -> dict[str, Any]:
+    """What a test run leaves out: the tiny model, ``steps`` steps of 2 rows of up to 128 tokens, a loss logged
+    every step, no checkpoints, ``output_dir`` under ``tmp_path``."""
+    return {
         "base_model": TINY_MODEL, "max_steps": steps, "micro_batch_size": 2, "sequence_len": 128,
         "output_dir": str(Path(tmp_path) / "output"), "learning_rate": 1e-3, "logging_steps": 1,
         "save_strategy": "no",
     }
-    manager = _manager(plugins)
-    with using_plugin_manager(manager):
-        return run(validate({**defaults, **config}, manager), manager)
 
 
 def run_processes(config: dict[str, Any], nproc: int, tmp_path: str | os.PathLike, overrides: Iterable[str] = (),
@@ -181,12 +186,8 @@ def write_config(config: dict[str, Any], tmp_path: str | os.PathLike) -> Path:
 
     tmp = Path(tmp_path)
     tmp.mkdir(parents=True, exist_ok=True)
-    defaults = {
-        "base_model": TINY_MODEL, "max_steps": 3, "micro_batch_size": 2, "sequence_len": 128,
-        "output_dir": str(tmp / "output"), "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "no",
-    }
     path = tmp / "config.yml"
-    path.write_text(yaml.safe_dump(_plain({**defaults, **config}), sort_keys=False))
+    path.write_text(yaml.safe_dump(_plain({**_run_defaults(tmp), **config}), sort_keys=False))
     return path
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from gym import training_options
 from gym.errors import ConfigError, DataError
-from gym.output import on_terminal, say
+from gym.output import on_terminal, process_count, say
 
 # ------------------------------------------------------------------------------------------ hardware
 
@@ -74,7 +73,7 @@ class StepPlan:
 
 def plan_steps(cfg: Any, train_rows: int, world_size: int | None = None) -> StepPlan:
     """Steps from the number of prepared training rows (what the trainer iterates over)."""
-    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size or process_count()
     per_rank = math.ceil(train_rows / world)
     batches = math.ceil(per_rank / cfg.micro_batch_size)
     steps_per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))

@@ -11,13 +11,11 @@ trainer applies when the run has several processes. Its tuning keys::
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from gym.api import hookimpl
+from gym.api import Field, StrictConfig, hookimpl
 
 
-class DDPConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+class DDPConfig(StrictConfig):
+    """Keys of the ddp plugin."""
 
     ddp_find_unused_parameters: bool | None = Field(
         None, description="Let DDP look for parameters that got no gradient in a step (needed when part of the "

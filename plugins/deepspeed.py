@@ -29,7 +29,7 @@ from typing import Any, Union
 
 from pydantic import Field
 
-from gym.api import ConfigError, ConfigProblem, StrictConfig, hookimpl
+from gym.api import ConfigError, ConfigProblem, StrictConfig, hookimpl, process_count
 
 INSTALL_HINT = "pip install 'gym-llm[deepspeed]'"
 
@@ -332,10 +332,6 @@ def gym_validate_config(cfg):
 # ------------------------------------------------------------------------------------------------- run
 
 
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
 def _ensure_distributed_environment() -> None:
     """DeepSpeed always starts torch.distributed; a run of one process started without a launcher gets the
     environment of a one-process group (on a free port), as ``torchrun --nproc-per-node 1`` would give it."""
@@ -412,7 +408,7 @@ def gym_training_arguments(cfg):
     from gym.api import resolve_precision, say
 
     resolved = resolve(cfg)
-    found = mismatches(resolved, cfg, _world_size(), resolve_precision(cfg, quiet=True))
+    found = mismatches(resolved, cfg, process_count(), resolve_precision(cfg, quiet=True))
     if found:
         raise ConfigError("deepspeed: the DeepSpeed config disagrees with gym's config: " + "; ".join(found)
                           + '; write "auto" there (gym fills it) or change the gym key')
@@ -422,7 +418,7 @@ def gym_training_arguments(cfg):
     if resolved.stage == 3 and GATHER_ON_SAVE not in resolved.zero:
         resolved.zero[GATHER_ON_SAVE] = True  # the final model: one plain Hugging Face model
         say(f"note: deepspeed: {GATHER_ON_SAVE} set to true, so that the final model is gathered into one file set")
-    say(f"deepspeed: ZeRO stage {resolved.stage} from {resolved.source}, {_world_size()} process(es)")
+    say(f"deepspeed: ZeRO stage {resolved.stage} from {resolved.source}, {process_count()} process(es)")
     return {"deepspeed": resolved.config}
 
 

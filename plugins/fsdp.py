@@ -25,12 +25,11 @@ process holds. The final model is gathered into one plain Hugging Face checkpoin
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal, Union
 
 from pydantic import model_validator
 
-from gym.api import ConfigProblem, Field, GymError, StrictConfig, hookimpl, say
+from gym.api import ConfigProblem, Field, GymError, StrictConfig, hookimpl, process_count, say
 
 StateDictType = Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT", "LOCAL_STATE_DICT"]
 
@@ -263,11 +262,6 @@ def offload_params(cfg: Any) -> bool:
 # -------------------------------------------------------------------------------------------- mapping
 
 
-def world_size() -> int:
-    value = os.environ.get("WORLD_SIZE", "1").strip()
-    return int(value) if value.isdigit() else 1
-
-
 def transformers_fsdp_config(cfg: Any) -> dict[str, Any]:
     """The ``fsdp_config`` training argument (transformers' names) for this config: FSDP version 2 always."""
     options = cfg.fsdp_config or FsdpOptions()
@@ -351,7 +345,7 @@ def gym_training_arguments(cfg):
     check_hardware(cfg)
     for note in run_notes(cfg):
         say(f"note: {note}")
-    if world_size() < 2:
+    if process_count() < 2:
         say("note: fsdp: this run has one process, so there is nothing to shard it across: training unsharded; "
             "start several (gym run CONFIG --nproc-per-node N) to shard")
         if (cfg.fsdp_config or FsdpOptions()).activation_checkpointing:
@@ -411,7 +405,7 @@ def shard_on_cpu() -> None:
 @hookimpl
 def gym_after_wrap_model(cfg, model):
     """The layer classes named for wrapping must be in this model (accelerate's own error comes mid-training)."""
-    if not asked(cfg) or world_size() < 2:
+    if not asked(cfg) or process_count() < 2:
         return
     config = transformers_fsdp_config(cfg)
     names = config.get("transformer_layer_cls_to_wrap")
@@ -433,7 +427,7 @@ def gym_after_wrap_model(cfg, model):
 
 @hookimpl
 def gym_callbacks(cfg):
-    if not asked(cfg) or world_size() < 2:
+    if not asked(cfg) or process_count() < 2:
         return None
     return [shard_callback()]
 

@@ -18,7 +18,7 @@ import os
 import signal
 from typing import Any
 
-from gym.api import GymError, LostProcessError, hookimpl, say
+from gym.api import GymError, LostProcessError, hookimpl, process_count, say
 
 LOST_PROCESS_STATUS = LostProcessError.exit_code
 
@@ -153,7 +153,7 @@ def _failure_message(exc: Any, world: int) -> str:
 
 @hookimpl
 def gym_callbacks(cfg):
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = process_count()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
     if world <= local:  # one machine
         return None
@@ -178,7 +178,7 @@ def _shared_folder_check(cfg: Any) -> Any:
                 return
             env = os.environ
             node = int(env.get("GROUP_RANK") or env.get("SLURM_NODEID") or 0)
-            nodes = int(env.get("WORLD_SIZE", "1")) // int(env.get("LOCAL_WORLD_SIZE", "1"))
+            nodes = process_count() // int(env.get("LOCAL_WORLD_SIZE", "1"))
             tag = os.environ.get("TORCHELASTIC_RUN_ID", "run") + f"-{os.environ.get('MASTER_PORT', '')}"
             markers = {}
             for key, folder in folders.items():
@@ -190,10 +190,10 @@ def _shared_folder_check(cfg: Any) -> Any:
             dist.barrier()
             if state.is_world_process_zero:
                 for key, marker in markers.items():
-                    seen = unseen_nodes(marker.parent, f".gym-node-{tag}-", nodes)
-                    if seen:
+                    missing = unseen_nodes(marker.parent, f".gym-node-{tag}-", nodes)
+                    if missing:
                         say(f"note: {key} ({folders[key]}) is not on a filesystem every machine sees: node(s) "
-                            f"{', '.join(map(str, seen))} wrote elsewhere. Checkpoints, the prepared data and "
+                            f"{', '.join(map(str, missing))} wrote elsewhere. Checkpoints, the prepared data and "
                             "resuming need one shared folder (docs/distributed.md)")
             dist.barrier()
             for marker in markers.values():

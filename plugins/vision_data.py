@@ -72,18 +72,18 @@ def chat_template_for(cfg: Any, dataset: Any, processor: Any, tokenizer: Any) ->
     """The template a vision dataset is rendered with: the dataset's own, the config's jinja, else the processor's
     (gym's named templates are for text: a vision model's processor knows where its images go), else the
     tokenizer's (which carries the config's ``chat_template``)."""
-    from gym.api import resolve_chat_template
+    from gym.api import say
+    from gym.prompt_strategies.chat_template import dataset_chat_template
 
-    if getattr(dataset, "chat_template", None):
-        return resolve_chat_template(dataset.chat_template, dataset.chat_template_jinja, tokenizer)
-    if getattr(dataset, "chat_template_jinja", None):
-        return dataset.chat_template_jinja
+    named = dataset_chat_template(dataset, tokenizer)
+    if named:
+        return named
     if cfg.chat_template == "jinja" and cfg.chat_template_jinja:
         return cfg.chat_template_jinja
     own = getattr(processor, "chat_template", None)
     if own and cfg.chat_template not in (None, "tokenizer_default"):
-        logger.info("chat_template %s: gym's named templates are for text; this vision run uses the processor's own "
-                    "template, which places the images", cfg.chat_template)
+        say(f"note: chat_template {cfg.chat_template}: this vision run uses the processor's own template, which "
+            "places the images (gym's named templates are for text)")
     return own or getattr(tokenizer, "chat_template", None)
 
 

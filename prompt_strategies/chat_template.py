@@ -130,6 +130,15 @@ def end_of_turn_ids(tokenizer: Any, eot_tokens: list[str] | None) -> set[int] | 
     return ids
 
 
+def dataset_chat_template(dataset: Any, tokenizer: Any) -> str | None:
+    """The template a dataset entry names itself (its ``chat_template`` / ``chat_template_jinja``), or ``None``."""
+    from gym.api import resolve_chat_template
+
+    if getattr(dataset, "chat_template", None):
+        return resolve_chat_template(dataset.chat_template, dataset.chat_template_jinja, tokenizer)
+    return getattr(dataset, "chat_template_jinja", None) or None
+
+
 def read_chat_options(strategy: Any, cfg: Any, dataset: Any) -> None:
     """Set the dataset's chat options on ``strategy``: ``field_messages``, ``mappings`` (with
     ``explicit_mappings``: whether the dataset gave any), ``role_names``, ``roles_to_train``, ``train_on_eos``,
@@ -161,11 +170,7 @@ class ChatTemplateStrategy:
         from gym.api import ChatRenderer, SpanLabeler
         from gym.api import DataError
 
-        template = None
-        if getattr(dataset, "chat_template", None):
-            template = resolve_chat_template(dataset.chat_template, dataset.chat_template_jinja, tokenizer)
-        elif getattr(dataset, "chat_template_jinja", None):
-            template = dataset.chat_template_jinja
+        template = dataset_chat_template(dataset, tokenizer)
         if template is None and getattr(cfg, "chat_template", None):
             template = resolve_chat_template(cfg.chat_template, cfg.chat_template_jinja, tokenizer)
         if template is None:

@@ -93,6 +93,7 @@ def test_core_keys_map_to_training_arguments(write_config):
         gradient_checkpointing: true
         logging_steps: 5
         seed: 7
+        ddp_timeout: 120
         """,
         rows=1000,
         has_eval=True,
@@ -110,6 +111,7 @@ def test_core_keys_map_to_training_arguments(write_config):
     assert args["activation_checkpointing_kwargs"] == {"use_reentrant": False}
     assert args["remove_unused_columns"] is False  # position_ids of packed rows must reach the model
     assert (args["bf16"], args["fp16"], args["use_cpu"], args["seed"]) == (False, False, True, 7)
+    assert args["ddp_timeout"] == 120  # transformers starts the process group with it
 
     from transformers import TrainingArguments
 

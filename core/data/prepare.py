@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gym.data import cache as data_cache
-from gym.output import process_rank
+from gym.output import process_count, process_rank
 from gym.data.loading import content_fingerprint, describe, line_of_row, load_entry
 from gym.datasets_api import RowError
 from gym.errors import DataError, GymError
@@ -379,7 +379,7 @@ def _run_folder() -> Path | None:
     torchrun's agent or another launcher) or, under ``srun``, the job step. Its host~pid tag
     lets a later run remove it when that launcher died without cleaning up."""
     env = os.environ
-    if int(env.get("WORLD_SIZE", "1") or 1) <= 1:
+    if process_count() <= 1:
         return None
     host = data_cache.owner_tag().split("~")[0]
     if "SLURM_STEP_ID" in env and not env.get("TORCHELASTIC_RUN_ID"):
