@@ -18,7 +18,8 @@ order (pluggy passes them by name).
 
 A run is a short sequence of phases; the hooks of each phase, in the order ``gym run`` calls them::
 
-    config    gym_config_schema, gym_dataset_strategies, gym_validate_config, gym_training_method
+    config    gym_config_schema, gym_dataset_strategies, gym_dataset_type, gym_validate_config,
+              gym_training_method
     launch    gym_run_options, gym_launch
     data      gym_builtin_datasets, gym_data_settings        (strategies and the method's DataShape run here)
     trainer   gym_training_arguments                          (before the model: ZeRO-3 needs them early)
@@ -171,6 +172,26 @@ def gym_dataset_strategies() -> list[DatasetStrategy] | None:
     serves.
 
     Combines: all results; two strategies with the same name is an error naming both plugins.
+    """
+
+
+@hookspec
+def gym_dataset_type(type_name: str, method: str | None) -> DatasetStrategy | None:
+    """Read a ``datasets[].type`` that no registered strategy has, such as a function of the user's named
+    ``module.function``.
+
+    When: whenever a dataset entry's type is looked up (``validate``, data preparation, ``eval_task`` prompts) and
+    no strategy registered with :func:`gym_dataset_strategies` serves ``method`` under ``type_name``.
+
+    Args:
+        type_name: the ``type`` the entry names.
+        method: the name of the config's training method (``None`` when it is not known).
+
+    Returns: the :class:`gym.api.DatasetStrategy` that reads the type (its ``name`` is ``type_name``), or
+    ``None`` when the type is not this plugin's. Check that what it names exists in
+    :func:`gym_validate_config`, where the config's folder is known.
+
+    Combines: first result.
     """
 
 

@@ -148,4 +148,7 @@ class TrainingMethod:
     arguments_class: str | type = "transformers:TrainingArguments"
     arguments: dict[str, Any] = field(default_factory=dict)
     data_shape: DataShape = field(default_factory=DataShape)
+    #: How many of the trainer's batch rows each prepared row becomes (a method that samples several completions
+    #: of each prompt and trains on each); the step plan, ``*s_per_epoch`` and the printed step count follow it.
+    rows_per_row: int = 1
     description: str = ""

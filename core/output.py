@@ -70,6 +70,8 @@ def progress_callback():
             done = max(state.global_step - self.first_step, 1)
             eta = elapsed / done * max(state.max_steps - state.global_step, 0)
             parts = [f"step {state.global_step}/{state.max_steps}", f"loss {float(logs['loss']):.4f}"]
+            if isinstance(logs.get("reward"), (int, float)):  # methods that sample and score completions
+                parts.append(f"reward {float(logs['reward']):.4f}")
             if "learning_rate" in logs:
                 parts.append(f"lr {float(logs['learning_rate']):.3g}")
             if logs.get("tokens_per_second"):
@@ -93,7 +95,8 @@ def terminal_progress_callback():
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or self.training_bar is None or not logs:
                 return
-            for key, label, fmt in (("loss", "loss", ".4f"), ("learning_rate", "lr", ".3g"),
+            for key, label, fmt in (("loss", "loss", ".4f"), ("reward", "reward", ".4f"),
+                                    ("learning_rate", "lr", ".3g"),
                                     ("eval_loss", "eval loss", ".4f"), ("tokens_per_second", "tokens/s", ",.0f")):
                 if isinstance(logs.get(key), (int, float)):
                     self.shown[label] = format(float(logs[key]), fmt)

@@ -290,14 +290,23 @@ class GymPluginManager:
         return list(seen.values())
 
     def strategy_for_method(self, name: str, method: str | None) -> tuple[Any, str] | None:
-        """The strategy registered as ``name`` that serves ``method`` (the first one when ``method`` is None)."""
+        """The strategy registered as ``name`` that serves ``method`` (the first one when ``method`` is None);
+        a name no strategy registers is offered to :func:`gym_dataset_type`."""
         found = self.dataset_strategies().get(name)
-        if found is None or method is None:
+        if found is None:
+            return self._unregistered_type(name, method)
+        if method is None:
             return found
         for strategy, plugin_name in self._variants.get(name, ()):
             if strategy.methods is None or method in strategy.methods:
                 return strategy, plugin_name
         return found
+
+    def _unregistered_type(self, name: str, method: str | None) -> tuple[Any, str] | None:
+        for plugin_name, strategy in self.call_each("gym_dataset_type", type_name=name, method=method):
+            if strategy is not None:
+                return strategy, plugin_name
+        return None
 
     def inline_strategy(self) -> tuple[Any, str] | None:
         """The strategy that reads a ``type:`` given as a mapping, if one is registered."""

@@ -74,7 +74,7 @@ def arguments_for(cfg: Any, method: TrainingMethod, train_rows: int, has_eval: b
     from gym.training import plan_steps, resolve_precision, training_arguments
 
     precision = resolve_precision(cfg)
-    plan = plan_steps(cfg, train_rows)
+    plan = plan_steps(cfg, train_rows, rows_per_row=method.rows_per_row)
     values = training_arguments(cfg, plan, precision, has_eval)
     values.update(method.arguments)
     values = manager.merged_dict("gym_training_arguments", base=values, cfg=cfg)

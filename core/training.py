@@ -71,10 +71,11 @@ class StepPlan:
     world_size: int
 
 
-def plan_steps(cfg: Any, train_rows: int, world_size: int | None = None) -> StepPlan:
-    """Steps from the number of prepared training rows (what the trainer iterates over)."""
+def plan_steps(cfg: Any, train_rows: int, world_size: int | None = None, rows_per_row: int = 1) -> StepPlan:
+    """Steps from the number of prepared training rows (what the trainer iterates over; each becomes
+    ``rows_per_row`` batch rows)."""
     world = world_size or process_count()
-    per_rank = math.ceil(train_rows / world)
+    per_rank = math.ceil(train_rows * rows_per_row / world)
     batches = math.ceil(per_rank / cfg.micro_batch_size)
     steps_per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
     total = cfg.max_steps if cfg.max_steps else math.ceil(cfg.num_epochs * steps_per_epoch)

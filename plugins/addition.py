@@ -4,7 +4,8 @@
 options after ``?``: ``builtin:addition?digits=3&rows=5000&seed=1``. Each row carries every common layout at
 once (``instruction`` / ``input`` / ``output`` for alpaca, ``messages`` for chat_template, ``text`` for
 completion), so any of those dataset types reads it. One operand pair in ten is held out: it never appears in
-the training rows.
+the training rows. ``slips=N`` makes careless demonstrations: N percent of the problems whose units column
+carries are answered with the carry forgotten (``47 + 38`` -> ``75``), a model to improve with preference training.
 
 The ``addition`` task evaluation (``gym_eval_tasks``; ``eval_task: addition``, run by the evaluate plugin) scores
 greedy answers on held-out problems (exact match and per-digit accuracy); the prompts are made by the dataset
@@ -23,7 +24,7 @@ from gym.api import BuiltinDataset, EvalProblem, EvalTask, hookimpl, parse_optio
 
 NAME = "addition"
 PREFIX = "builtin:"
-ADDITION_OPTIONS = {"digits": (1, 9), "rows": (1, 10_000_000), "seed": (0, 2**31 - 1)}
+ADDITION_OPTIONS = {"digits": (1, 9), "rows": (1, 10_000_000), "seed": (0, 2**31 - 1), "slips": (0, 100)}
 
 
 @hookimpl
@@ -34,7 +35,8 @@ def gym_builtin_datasets():
             materialize=materialize,
             check=addition_task,
             description="addition problems 'What is 12 + 34?' -> '46', operands of `digits` digits (options: "
-            "digits=2, rows=20000, seed=0); columns instruction/input/output, messages and text",
+            "digits=2, rows=20000, seed=0, slips=0: the percent of carrying problems answered with the carry "
+            "forgotten); columns instruction/input/output, messages and text",
         )
     ]
 
@@ -44,11 +46,14 @@ def gym_builtin_datasets():
 
 @dataclass(frozen=True)
 class AdditionTask:
-    """``a + b`` with operands of exactly ``digits`` digits. One pair in ten is held out for evaluation."""
+    """``a + b`` with operands of exactly ``digits`` digits. One pair in ten is held out for evaluation.
+    ``slips`` percent of the training problems whose units column carries are answered with the carry forgotten
+    (the operands are the same whatever ``slips`` is; evaluation answers are always right)."""
 
     digits: int = 2
     rows: int = 20000
     seed: int = 0
+    slips: int = 0
 
     VERSION = 2  # bump when the rows change
 
@@ -73,22 +78,35 @@ class AdditionTask:
 
     def training_rows(self) -> Iterator[dict[str, Any]]:
         pairs = self._pairs(random.Random(self.seed), held_out=False)
+        careless = random.Random(f"slips-{self.seed}")
         for _ in range(self.rows):
-            yield addition_row(*next(pairs))
+            a, b = next(pairs)
+            slip = units_carry(a, b) and careless.random() * 100 < self.slips
+            yield addition_row(a, b, a + b - 10 if slip else a + b)
 
     def evaluation_rows(self, count: int, seed: int = 1234) -> list[dict[str, Any]]:
         """``count`` held-out problems (the same ones for the same count and seed)."""
+        return [addition_row(a, b) for a, b in self.evaluation_operands(count, seed)]
+
+    def evaluation_operands(self, count: int, seed: int = 1234) -> list[tuple[int, int]]:
+        """The operands of :meth:`evaluation_rows`."""
         pairs = self._pairs(random.Random(seed), held_out=True)
-        return [addition_row(*next(pairs)) for _ in range(count)]
+        return [next(pairs) for _ in range(count)]
 
     def file_name(self) -> str:
-        return f"addition-v{self.VERSION}-d{self.digits}-n{self.rows}-s{self.seed}.jsonl"
+        slips = f"-p{self.slips}" if self.slips else ""
+        return f"addition-v{self.VERSION}-d{self.digits}-n{self.rows}-s{self.seed}{slips}.jsonl"
 
 
-def addition_row(a: int, b: int) -> dict[str, Any]:
-    """One problem in every layout gym's built-in dataset types read."""
+def units_carry(a: int, b: int) -> bool:
+    """Whether adding the units digits of ``a`` and ``b`` carries one into the tens."""
+    return a % 10 + b % 10 >= 10
+
+
+def addition_row(a: int, b: int, answer_value: int | None = None) -> dict[str, Any]:
+    """One problem in every layout gym's built-in dataset types read (the answer ``a + b`` unless given)."""
     question = f"What is {a} + {b}?"
-    answer = str(a + b)
+    answer = str(a + b if answer_value is None else answer_value)
     return {
         "instruction": question,
         "input": "",

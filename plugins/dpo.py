@@ -223,7 +223,8 @@ def gym_model_card(cfg, model):
 # ---------------------------------------------------------------------------- builtin:addition-preferences
 
 NAME = "addition-preferences"
-VERSION = 2  # bump when the rows change
+VERSION = 3  # bump when the rows change
+OPTIONS = {"digits": (1, 9), "rows": (1, 10_000_000), "seed": (0, 2**31 - 1), "near": (0, 1)}
 
 
 @hookimpl
@@ -234,16 +235,19 @@ def gym_builtin_datasets():
             materialize=materialize,
             check=_check,
             description="addition preference pairs: prompt 'What is 12 + 34?' (chat messages), chosen '46', "
-            "rejected a near miss ('45', '56', ...), and for rl: kto one of them as completion with its label; "
-            "options digits=2, rows=20000, seed=0; TRL layout (type: passthrough); the held-out operand pairs of builtin:addition never appear",
+            "rejected a wrong sum ('113', '71', ...; near=1: a near miss such as '45' or '56'), and for rl: kto "
+            "one of them as completion with its label; options digits=2, rows=20000, seed=0, near=0; TRL layout "
+            "(type: passthrough); the held-out operand pairs of builtin:addition never appear",
         )
     ]
 
 
 def _task(path: str):
-    from gym.plugins.addition import ADDITION_OPTIONS, AdditionTask
+    from gym.plugins.addition import AdditionTask
 
-    return AdditionTask(**parse_options(path, ADDITION_OPTIONS))  # the same options as builtin:addition
+    options = parse_options(path, OPTIONS)
+    near = bool(options.pop("near", 0))
+    return AdditionTask(**options), near
 
 
 def _check(path: str) -> None:
@@ -257,14 +261,32 @@ def near_miss(a: int, b: int, digits: int) -> int:
     return right + choices[zlib.crc32(f"{a}-{b}".encode()) % len(choices)]
 
 
-def preference_row(a: int, b: int, digits: int) -> dict[str, Any]:
+def wrong_sum(a: int, b: int, digits: int) -> int:
+    """A wrong sum with as many digits as the right one, drawn evenly from the sums two ``digits``-digit operands
+    can make (the same for the same pair).
+
+    The default rejected answer. DPO pushes down every token of the rejected answer: against a near miss (one
+    digit off) that also pushes down the digits it shares with the right one, and against an answer of another
+    length the end of the turn after as many digits as the right one; measured on the tiny model, both lowered
+    held-out exact match where this raised it (docs/preference.md)."""
+    right = a + b
+    smallest = 10 ** (digits - 1) if digits > 1 else 0
+    low, high = max(2 * smallest, 10 ** (len(str(right)) - 1)), min(2 * (10**digits - 1), 10 ** len(str(right)) - 1)
+    if low == high:
+        return near_miss(a, b, digits)  # no other sum has its length
+    pick = random.Random(zlib.crc32(f"wrong-{a}-{b}".encode())).randint(low, high - 1)
+    return pick + 1 if pick >= right else pick
+
+
+def preference_row(a: int, b: int, digits: int, near: bool = False) -> dict[str, Any]:
     """One pair in TRL's conversational layout: prompt, chosen and rejected as chat messages (and, for KTO,
     one of the two as ``completion`` with ``label`` true when it is the right sum)."""
     from gym.plugins.addition import addition_row
 
     row = addition_row(a, b)
     chosen = [{"role": "assistant", "content": row["output"]}]
-    rejected = [{"role": "assistant", "content": str(near_miss(a, b, digits))}]
+    wrong = near_miss(a, b, digits) if near else wrong_sum(a, b, digits)
+    rejected = [{"role": "assistant", "content": str(wrong)}]
     desirable = zlib.crc32(f"{b}-{a}".encode()) % 2 == 0
     return {
         "prompt": [{"role": "user", "content": row["instruction"]}],
@@ -275,8 +297,9 @@ def preference_row(a: int, b: int, digits: int) -> dict[str, Any]:
     }
 
 
-def pair_rows(task: Any, count: int | None = None, held_out: bool = False, seed: int | None = None):
-    """The pairs of ``task`` (its training pairs, or ``count`` held-out ones)."""
+def pair_rows(task: Any, count: int | None = None, held_out: bool = False, seed: int | None = None,
+              near: bool = False):
+    """The pairs of ``task`` (its training pairs, or ``count`` held-out ones); ``near``: near misses rejected."""
     rng = random.Random(task.seed if seed is None else seed)
     made = 0
     total = task.rows if count is None else count
@@ -285,9 +308,10 @@ def pair_rows(task: Any, count: int | None = None, held_out: bool = False, seed:
         if task.held_out(a, b) != held_out:
             continue
         made += 1
-        yield preference_row(a, b, task.digits)
+        yield preference_row(a, b, task.digits, near)
 
 
 def materialize(path: str) -> str:
-    task = _task(path)
-    return write_rows_once(f"{NAME}-v{VERSION}-d{task.digits}-n{task.rows}-s{task.seed}.jsonl", pair_rows(task))
+    task, near = _task(path)
+    name = f"{NAME}-v{VERSION}-d{task.digits}-n{task.rows}-s{task.seed}{'-near' if near else ''}.jsonl"
+    return write_rows_once(name, pair_rows(task, near=near))

@@ -19,7 +19,8 @@ at train time each is wrapped so that an exception inside it names the function 
 The reference model: with an adapter (``adapter: lora``) the policy is a PEFT model and the reference is the same
 model with the adapter disabled (no second copy; with ``lora_model_dir`` the saved adapter is the starting
 point, so TRL keeps a frozen copy of that adapter, a few MB, as the reference). With full fine-tuning and
-``beta > 0`` TRL loads a frozen copy of the base model. ``beta: 0`` (TRL's default) needs no reference at all.
+``beta > 0`` a frozen copy of the base model built as the policy was (gym hands it to TRL, which would load the
+base again from its path, without a token gym added). ``beta: 0`` (TRL's default) needs no reference at all.
 
 Nothing heavy is imported at module level.
 """
@@ -32,14 +33,16 @@ import importlib.machinery
 import importlib.util
 import inspect
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterator, Literal, Optional, Union
 
 from pydantic import Field, field_validator
 
 from gym.api import ConfigProblem, DataError, DataShape, StrictConfig, TrainingMethod, hookimpl
 
 NAME = "grpo"
+NAMES = (NAME, "gdpo")  # gdpo (Axolotl's name): GRPO normalising each reward function's advantages on its own
 
 # Axolotl's TRLConfig keys that TRL 1.x's GRPOConfig no longer has: refused, saying what to do instead.
 NOT_HONOURED = {
@@ -311,7 +314,7 @@ def _not_honoured(section: Any, prefix: str) -> list[ConfigProblem]:
 def gym_validate_config(cfg):
     trl_settings = getattr(cfg, "trl", None)
     vllm_settings = getattr(cfg, "vllm", None)
-    if getattr(cfg, "rl", None) != NAME:
+    if getattr(cfg, "rl", None) not in NAMES:
         problems = []
         if trl_settings is not None and trl_settings.model_fields_set and cfg.rl is None:
             problems.append(ConfigProblem("trl", "the trl section sets GRPO options but rl is not set; add rl: grpo"))
@@ -320,8 +323,11 @@ def gym_validate_config(cfg):
     problems = _not_honoured(trl_settings, "trl")
     if vllm_settings is not None:
         problems += _not_honoured(vllm_settings, "vllm")
+    if cfg.rl == "gdpo" and trl_settings.multi_objective_aggregation == "sum_then_normalize":
+        problems.append(ConfigProblem("trl.multi_objective_aggregation", "rl: gdpo normalises each reward on its "
+                                      "own (normalize_then_sum); with sum_then_normalize write rl: grpo"))
     if not trl_settings.reward_funcs:
-        problems.append(ConfigProblem("trl.reward_funcs", "rl: grpo needs at least one reward function, "
+        problems.append(ConfigProblem("trl.reward_funcs", f"rl: {cfg.rl} needs at least one reward function, "
                                       "e.g. reward_funcs: [rewards.correct_sum] (a function in rewards.py)"))
     else:
         folders = search_folders(cfg)
@@ -379,6 +385,8 @@ def grpo_arguments(cfg: Any) -> dict[str, Any]:
             if getattr(vllm_settings, key) is not None:
                 values[target] = getattr(vllm_settings, key)
     values.setdefault("max_completion_length", 512)
+    if getattr(cfg, "rl", None) == "gdpo":
+        values.setdefault("multi_objective_aggregation", "normalize_then_sum")
     return values
 
 
@@ -388,35 +396,44 @@ def prompt_limit(cfg: Any) -> int:
     return max(1, cfg.sequence_len - (trl_settings.max_completion_length or 512))
 
 
+def rows_per_prompt(cfg: Any) -> int:
+    """The batch rows TRL makes of one prompt: ``num_generations`` completions, each trained ``num_iterations``
+    times (TRL's defaults 8 and 1)."""
+    trl_settings = getattr(cfg, "trl", None) or TrlSettings()
+    return (trl_settings.num_generations or 8) * (trl_settings.num_iterations or 1)
+
+
 @hookimpl
 def gym_training_method(cfg):
-    if getattr(cfg, "rl", None) != NAME:
+    if getattr(cfg, "rl", None) not in NAMES:
         return None
     return TrainingMethod(
-        name=NAME,
+        name=cfg.rl,
         build_trainer="gym.plugins.grpo:build_trainer",
         arguments_class="trl:GRPOConfig",
         arguments=grpo_arguments(cfg),
         data_shape=PromptRows(cfg, prompt_limit(cfg)),
+        rows_per_row=rows_per_prompt(cfg),
         description="Group Relative Policy Optimization on prompts, scored by reward functions (TRL GRPOTrainer)",
     )
 
 
 @hookimpl
 def gym_data_settings(cfg):
-    if getattr(cfg, "rl", None) != NAME:
+    if getattr(cfg, "rl", None) not in NAMES:
         return None
     return {"grpo_prompt_limit": prompt_limit(cfg)}
 
 
 @hookimpl
 def gym_model_card(cfg):
-    if getattr(cfg, "rl", None) != NAME:
+    if getattr(cfg, "rl", None) not in NAMES:
         return None
     values = grpo_arguments(cfg)
     funcs = ", ".join(f"`{f}`" for f in (cfg.trl.reward_funcs or ())) if cfg.trl else ""
     settings = ", ".join(f"{k}={values[k]}" for k in ("beta", "num_generations", "max_completion_length",
-                                                          "temperature", "loss_type") if k in values)
+                                                          "temperature", "loss_type", "multi_objective_aggregation")
+                         if k in values)
     return {"tags": ["grpo", "trl"], "packages": ["trl"],
             "sections": [f"## GRPO\n\nTrained with GRPO (TRL `GRPOTrainer`), reward functions: {funcs}. "
                          f"Settings: {settings or 'TRL defaults'}.\n"]}
@@ -612,11 +629,13 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
     return ids[0] if ids and ids[0] in set(tokenizer.all_special_ids) else None
 
 
-def stop_at_end_of_turn(model: Any, tokenizer: Any, dataset: Any) -> None:
+def stop_at_end_of_turn(model: Any, tokenizer: Any, dataset: Any, args: Any = None) -> None:
     """Chat prompts: completions end at the template's end-of-turn token. TRL stops generating (and masks the
     loss) at the model's ``generation_config.eos_token_id`` and the tokenizer's EOS; a chat template whose turns
     end with another token (chatml's ``<|im_end|>`` with ``<|endoftext|>`` as EOS) would otherwise train on
-    whatever the model writes after its answer, up to max_completion_length."""
+    whatever the model writes after its answer, up to max_completion_length. vLLM loads the model again from its
+    folder and never sees the generation config changed here: with ``use_vllm`` the token also goes to vLLM's
+    sampling settings (``generation_kwargs``: ``stop_token_ids``)."""
     if dataset is None or len(dataset) == 0 or not isinstance(dataset[0]["prompt"], list):
         return
     token = end_of_turn_id(tokenizer)
@@ -628,6 +647,62 @@ def stop_at_end_of_turn(model: Any, tokenizer: Any, dataset: Any) -> None:
     current = [] if current is None else [current] if isinstance(current, int) else list(current)
     if token not in current:
         config.eos_token_id = [*current, token]
+    if args is not None and getattr(args, "use_vllm", False):
+        kwargs = dict(args.generation_kwargs or {})
+        kwargs["stop_token_ids"] = sorted({*kwargs.get("stop_token_ids", ()), *current, token})
+        args.generation_kwargs = kwargs
+
+
+FIGURES = (("reward", "reward", "+.4f"), ("reward_std", "reward std", ".4f"), ("kl", "kl", ".4f"),
+           ("completions/mean_length", "completion length", ".1f"),
+           ("completions/clipped_ratio", "clipped at max_completion_length", ".0%"))
+FIGURE_KEYS = {key for key, _, _ in FIGURES}
+
+
+def figures_callback(method: str) -> Any:
+    """A ``TrainerCallback`` reporting the reward, KL and completion length of the first and last logs as
+    ``gym_metrics`` and ``gym_summary`` lines (the loss of GRPO says little: it starts at 0)."""
+    from transformers import TrainerCallback
+
+    class GrpoFigures(TrainerCallback):
+        def __init__(self) -> None:
+            self.first: dict[str, float] = {}
+            self.last: dict[str, float] = {}
+            self.gym_metrics: dict[str, Any] = {}
+            self.gym_summary: list[str] = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key, value in (logs or {}).items():
+                if isinstance(value, (int, float)) and (key in FIGURE_KEYS or key.startswith("rewards/")):
+                    self.first.setdefault(key, float(value))
+                    self.last[key] = float(value)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.gym_metrics = {key.replace("/", "_"): value for key, value in self.last.items()}
+            shown = []
+            for key, label, fmt in FIGURES:
+                if key in self.last:
+                    first, last = format(self.first[key], fmt), format(self.last[key], fmt)
+                    shown.append(f"{label} {first} -> {last}" if first != last else f"{label} {last}")
+            if shown:
+                self.gym_summary.append(f"{method}, first log -> last log: " + ", ".join(shown))
+
+    return GrpoFigures()
+
+
+@contextmanager
+def gyms_reference(parts: Any) -> Iterator[None]:
+    """While TRL's GRPOTrainer is built: with ``beta > 0`` and full fine-tuning it loads its reference model again
+    from the policy's path, without what gym did to the policy (a token added to the vocabulary, kernels,
+    quantization); hand it gym's reference instead, the base model built as the policy was."""
+    import trl.trainer.grpo_trainer as grpo_module
+
+    loader = grpo_module.create_model_from_path
+    grpo_module.create_model_from_path = lambda *args, **kwargs: parts.reference_model()
+    try:
+        yield
+    finally:
+        grpo_module.create_model_from_path = loader
 
 
 def build_trainer(parts: Any) -> Any:
@@ -635,16 +710,17 @@ def build_trainer(parts: Any) -> Any:
     from accelerate.utils import is_peft_model
     from trl import GRPOTrainer
 
-    stop_at_end_of_turn(parts.model, parts.tokenizer, parts.train_dataset)
-    trainer = GRPOTrainer(
-        model=parts.model,
-        reward_funcs=reward_functions(parts.cfg),
-        args=parts.args,
-        train_dataset=parts.train_dataset,
-        eval_dataset=parts.eval_dataset,
-        processing_class=parts.tokenizer,
-        callbacks=parts.callbacks,
-    )
+    stop_at_end_of_turn(parts.model, parts.tokenizer, parts.train_dataset, parts.args)
+    with gyms_reference(parts):
+        trainer = GRPOTrainer(
+            model=parts.model,
+            reward_funcs=reward_functions(parts.cfg),
+            args=parts.args,
+            train_dataset=parts.train_dataset,
+            eval_dataset=parts.eval_dataset,
+            processing_class=parts.tokenizer,
+            callbacks=[*parts.callbacks, figures_callback(parts.cfg.rl)],
+        )
     model = trainer.model
     if is_peft_model(model) and "ref" in model.peft_config and not getattr(parts.cfg, "lora_model_dir", None):
         # TRL copies the adapter as the reference; a new adapter starts as the identity, so the base model with the

@@ -100,7 +100,9 @@ def throughput_callback():
             self.handle = None
 
         def count(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-            if not module.training:
+            import torch
+
+            if not module.training or not torch.is_grad_enabled():  # a reference model's pass, generation
                 return
             labels, mask = kwargs.get("labels"), kwargs.get("attention_mask")
             if labels is not None and hasattr(labels, "ndim"):

@@ -14,16 +14,17 @@ from pydantic import Field
 
 from gym.api import ConfigProblem, StrictConfig, get_plugin_manager, hookimpl
 
-METHODS = ("dpo", "ipo", "simpo", "orpo", "kto", "grpo")
+METHODS = ("dpo", "ipo", "simpo", "orpo", "kto", "grpo", "gdpo")
 
 
 class RlSettings(StrictConfig):
     """Keys of the rl plugin."""
 
-    rl: Optional[Literal["dpo", "ipo", "simpo", "orpo", "kto", "grpo"]] = Field(
+    rl: Optional[Literal["dpo", "ipo", "simpo", "orpo", "kto", "grpo", "gdpo"]] = Field(
         None,
         description="Train with a preference or RL method instead of supervised fine-tuning: dpo, ipo, simpo, "
-        "orpo, kto or grpo. Unset: supervised fine-tuning.",
+        "orpo, kto, grpo or gdpo (GRPO normalising each reward function on its own: "
+        "trl.multi_objective_aggregation normalize_then_sum). Unset: supervised fine-tuning.",
     )
     rl_beta: Optional[float] = Field(
         None, gt=0, description="The method's beta: how far the policy may move from the reference (DPO, KTO, GRPO)."

@@ -5,6 +5,9 @@
 - ``type: grpo.transform`` with ``transform: module.function``: a function of yours, in a module next to the
   config (or in the working directory), that maps one raw row (a dict) to ``{"prompt": ..., <extra columns>}``.
   It is found at ``validate`` without being run (a missing module or function names ``datasets.N.transform``).
+- ``type: module.function`` (Axolotl's form, read through ``gym_dataset_type``): ``function(cfg)`` returns the row
+  function ``fn(row, tokenizer=None)``, or ``(fn, {"remove_columns": [...]})``; what ``fn`` returns is merged
+  into the row, as ``datasets.map`` does, less the removed columns.
 
 Every other column reaches the reward functions as a keyword argument of the same name (TRL passes all dataset
 columns but ``prompt``): by default all the raw row's other columns (``prompt``) or everything the transform
@@ -19,9 +22,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gym.api import ConfigProblem, DatasetStrategy, RowError, hookimpl
+from gym.api import ConfigProblem, DataError, DatasetStrategy, RowError, hookimpl
 
-GRPO = ("grpo",)
+GRPO = ("grpo", "gdpo")  # the training methods these rows serve (gdpo: GRPO with per-reward normalisation)
 EXTRA = "extra_columns"  # the same name as gym.plugins.grpo.EXTRA (kept here so nothing heavy loads)
 COLUMNS = ("prompt", EXTRA)
 TRANSFORM = "grpo.transform"
@@ -63,12 +66,49 @@ def gym_dataset_strategies():
     ]
 
 
+def is_function_name(type_name: Any) -> bool:
+    """``module.function`` (dotted Python names), the form of a user's transform as a dataset type."""
+    return isinstance(type_name, str) and "." in type_name and all(p.isidentifier() for p in type_name.split("."))
+
+
+@hookimpl
+def gym_dataset_type(type_name, method):
+    """With ``rl: grpo``, a dataset type no strategy registers that reads as ``module.function`` is a transform in
+    Axolotl's form (checked at ``validate``: :func:`gym_validate_config`)."""
+    if method not in GRPO or not is_function_name(type_name):
+        return None
+    return DatasetStrategy(
+        name=type_name,
+        builder=f"{__name__}:build_factory_transform",
+        columns=COLUMNS,
+        methods=GRPO,
+        options=PromptOptions,
+        description="GRPO prompts from a module.function that returns the row function (Axolotl's form)",
+    )
+
+
+def _own_type(cfg: Any, entry: Any) -> bool:
+    """Whether ``entry``'s type is read by :func:`gym_dataset_type` (a user's ``module.function``)."""
+    from gym.api import get_plugin_manager
+
+    return (getattr(cfg, "rl", None) in GRPO and is_function_name(entry.type)
+            and entry.type not in get_plugin_manager().dataset_strategies())
+
+
 @hookimpl
 def gym_validate_config(cfg):
     problems = []
     folders = None
     for list_key in ("datasets", "test_datasets"):
         for i, entry in enumerate(getattr(cfg, list_key, None) or ()):
+            if _own_type(cfg, entry):
+                from gym.plugins.grpo import function_problem, search_folders
+
+                folders = folders if folders is not None else search_folders(cfg)
+                message = function_problem(entry.type, folders)
+                if message:
+                    problems.append(ConfigProblem(f"{list_key}.{i}.type", message))
+                continue
             if entry.type != TRANSFORM:
                 continue
             where = f"{list_key}.{i}.transform"
@@ -91,15 +131,17 @@ def gym_data_settings(cfg):
     """The transform's source is part of the cache key: editing the function must not reuse stale rows."""
     settings = {}
     for i, entry in enumerate(getattr(cfg, "datasets", None) or ()):
-        if entry.type == TRANSFORM and getattr(entry, "transform", None):
+        reference = getattr(entry, "transform", None) if entry.type == TRANSFORM else None
+        reference = entry.type if _own_type(cfg, entry) else reference
+        if reference:
             from pathlib import Path
 
             from gym.plugins.grpo import module_spec, search_folders
 
-            spec = module_spec(entry.transform.rpartition(".")[0], search_folders(cfg))
+            spec = module_spec(reference.rpartition(".")[0], search_folders(cfg))
             origin = getattr(spec, "origin", None)
             text = Path(origin).read_text(encoding="utf-8", errors="replace") if origin and Path(origin).is_file() else ""
-            settings[f"grpo_transform_{i}"] = f"{entry.transform}:{hash_text(text)}"
+            settings[f"grpo_transform_{i}"] = f"{reference}:{hash_text(text)}"
     return settings or None
 
 
@@ -179,3 +221,31 @@ def build_transform(tokenizer: Any, cfg: Any, dataset: Any) -> PromptBatch:
     reference = dataset.transform
     function = load_function(reference, search_folders(cfg))
     return PromptBatch(tokenizer, "prompt", getattr(dataset, "keep_columns", None), function, reference)
+
+
+def build_factory_transform(tokenizer: Any, cfg: Any, dataset: Any) -> PromptBatch:
+    """``type: module.function`` in Axolotl's form: ``function(cfg)`` gives the row function, or the row function
+    and ``{"remove_columns": [...]}``; the row function's result is merged into the row."""
+    import inspect
+
+    from gym.plugins.grpo import load_function, search_folders
+
+    reference = dataset.type
+    try:
+        made = load_function(reference, search_folders(cfg))(cfg)
+    except Exception as exc:  # noqa: BLE001 - the user's function: name it
+        raise DataError(f"dataset type {reference}: {reference}(cfg) failed: {type(exc).__name__}: {exc}") from exc
+    function, options = (made[0], made[1] if len(made) > 1 else {}) if isinstance(made, tuple) else (made, {})
+    if not callable(function):
+        raise DataError(f"dataset type {reference}: {reference}(cfg) must return a function of one row (or the "
+                        f"function and its options), got {type(function).__name__}")
+    removed = set((options or {}).get("remove_columns") or ())
+    takes_tokenizer = "tokenizer" in inspect.signature(function).parameters
+
+    def per_row(row: dict[str, Any]) -> dict[str, Any] | None:
+        out = function(row, tokenizer=tokenizer) if takes_tokenizer else function(row)
+        if not isinstance(out, dict):
+            return out  # PromptBatch names what is wrong
+        return {**{k: v for k, v in row.items() if k not in removed}, **out}
+
+    return PromptBatch(tokenizer, "prompt", getattr(dataset, "keep_columns", None), per_row, reference)

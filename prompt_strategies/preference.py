@@ -331,15 +331,22 @@ def _icr(row):
             _text(row.get("chosen"), "chosen"), _text(row.get("rejected"), "rejected"))
 
 
-def _first_column(row, names: tuple[str, ...]) -> str:
-    """The first of ``names`` the rows have (the last one when none: then named as missing)."""
-    return next((name for name in names if name in row), names[-1])
+def _first_column(row, names: tuple[str, ...], required: bool = False) -> str:
+    """The first of ``names`` the rows have (else the last, read as missing); ``required``: none of them is an
+    error naming them all."""
+    from gym.api import RowError
+
+    found = next((name for name in names if name in row), None if required else names[-1])
+    if found is None:
+        raise RowError("none of the columns " + ", ".join(repr(n) for n in names) + " is in this row "
+                       f"(it has {', '.join(repr(k) for k in row) or 'none'})", field=names[0])
+    return found
 
 
 def _default(row):
     """The prompt in prompt, input, question or instruction; the answers in chosen / rejected or
     chosen_response / rejected_response (the first column present)."""
-    prompt = _first_column(row, ("prompt", "input", "question", "instruction"))
+    prompt = _first_column(row, ("prompt", "input", "question", "instruction"), required=True)
     chosen = _first_column(row, ("chosen", "chosen_response"))
     rejected = _first_column(row, ("rejected", "rejected_response"))
     return (_text(row.get("system"), "system"), _text(row.get(prompt), prompt, True),
@@ -374,7 +381,7 @@ def _kto_column(name: str):
 
 
 def _kto_default(row):
-    prompt = _first_column(row, ("prompt", "input", "question", "instruction"))
+    prompt = _first_column(row, ("prompt", "input", "question", "instruction"), required=True)
     return _kto_column(prompt)(row)
 
 

@@ -1,6 +1,6 @@
 """rl: dpo / ipo / simpo: the keys map to TRL's options (or are refused with the reason), runs train on the tiny
 model with an adapter and in full, the rewards reach the summary and the model card, the adapter loads in plain
-peft and merges; and a learning proof: DPO after a short SFT prefers the right sums on held-out problems."""
+peft and merges. The learning proof is in tests/test_preference_learning.py."""
 
 from __future__ import annotations
 
@@ -159,70 +159,6 @@ def test_the_dpo_adapter_loads_in_plain_peft_and_merges(tmp_path):
         torch.testing.assert_close(merged(ids).logits, expected, atol=1e-5, rtol=1e-5)
         base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
         assert (base(ids).logits - expected).abs().max() > 1e-4  # the adapter changed something
-
-
-# ------------------------------------------------------------------------------------- learning proof
-
-
-def preference_and_exact_match(model_dir: str, count: int = 200) -> tuple[float, float]:
-    """On held-out problems: the share where the model gives the right sum a higher log-probability than the
-    near miss, and the share it answers exactly (greedy)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from gym.plugins.addition import AdditionTask
-    from gym.plugins.evaluate import greedy_answers
-    from gym.plugins.dpo import pair_rows
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    pairs = list(pair_rows(AdditionTask(), count=count, held_out=True, seed=7))
-    prompts = [tokenizer.apply_chat_template(p["prompt"], tokenize=False, add_generation_prompt=True) for p in pairs]
-    wins = 0
-    with torch.no_grad():
-        for pair, prompt in zip(pairs, prompts):
-            start = len(tokenizer(prompt)["input_ids"])
-            scores = []
-            for key in ("chosen", "rejected"):
-                ids = torch.tensor([tokenizer(prompt + pair[key][0]["content"] + "<|im_end|>")["input_ids"]])
-                logps = model(ids).logits[0, :-1].log_softmax(-1)
-                scores.append(logps[torch.arange(start - 1, ids.shape[1] - 1), ids[0, start:]].sum().item())
-            wins += scores[0] > scores[1]
-    answers = greedy_answers(model, tokenizer, [tokenizer(p)["input_ids"] for p in prompts], max_new_tokens=6)
-    exact = sum(a == p["chosen"][0]["content"] for a, p in zip(answers, pairs))
-    return wins / count, exact / count
-
-
-SFT_STEPS, DPO_STEPS, DPO_LR = 250, 100, 5e-5
-
-
-@pytest.mark.slow
-def test_dpo_after_a_short_sft_learns_the_preference(tmp_path):
-    """builtin:tiny-llama, a short SFT on builtin:addition (about 10% exact match), then DPO on
-    builtin:addition-preferences: on pairs held out of the DPO data, TRL's reward accuracy is well above chance
-    with a positive margin. Measured (2026-12-07, learning rate 5e-5): eval reward accuracy 68.8%, margin +0.047.
-    On the addition task's own held-out problems (never in any training data) the tiny model does not generalise the
-    preference: right-over-near-miss 0.665 -> 0.595, greedy exact match 12% -> 7%; the test checks only that these
-    do not collapse. (At 1e-4 an earlier machine measured 0.67 -> 0.655 and this one 0.665 -> 0.505: the held-out
-    figures move between machines; the eval figures hold.)"""
-    sft = testing.run_config(
-        {"base_model": "builtin:tiny-llama", "datasets": [{"path": "builtin:addition", "type": "chat_template"}],
-         "sequence_len": 64, "micro_batch_size": 64, "learning_rate": 2e-3, "lr_scheduler": "cosine",
-         "warmup_steps": 20, "seed": 42, "logging_steps": 50},
-        steps=SFT_STEPS, tmp_path=tmp_path / "sft")
-    before = preference_and_exact_match(sft.output_dir)
-    dpo = testing.run_config(
-        {"base_model": sft.output_dir, "rl": "dpo", "rl_beta": 0.1, "val_set_size": 64,
-         "datasets": [{"path": "builtin:addition-preferences?rows=4000", "type": "passthrough"}],
-         "sequence_len": 64, "micro_batch_size": 16, "learning_rate": DPO_LR, "lr_scheduler": "constant",
-         "logging_steps": 10, "eval_steps": DPO_STEPS},
-        steps=DPO_STEPS, tmp_path=tmp_path / "dpo")
-    after = preference_and_exact_match(dpo.output_dir)
-    print(f"held-out preference {before[0]:.3f} -> {after[0]:.3f}, exact match {before[1]:.3f} -> {after[1]:.3f}, "
-          f"eval reward accuracy {dpo.metrics['eval_rewards_accuracies']:.3f}, "
-          f"margin {dpo.metrics['eval_rewards_margins']:+.4f}")
-    assert dpo.metrics["eval_rewards_accuracies"] > 0.6 and dpo.metrics["eval_rewards_margins"] > 0
-    assert after[0] >= before[0] - 0.1
 
 
 def test_trl_configs_do_not_turn_checkpointing_on_behind_the_configs_back(tmp_path):

@@ -31,6 +31,17 @@ def broken(prompts, completions, **kwargs):
 
 def to_prompt(row):
     return {"prompt": [{"role": "user", "content": row["instruction"]}], "answer": row["output"]}
+
+
+def axolotl_transform(cfg, *args, **kwargs):
+    def transform_fn(example, tokenizer=None):
+        assert tokenizer is not None
+        return {"prompt": [{"role": "user", "content": example["instruction"]}], "answer": example["output"]}
+    return transform_fn, {"remove_columns": ["instruction", "output"]}
+
+
+def not_a_factory(cfg):
+    return 3
 '''
 
 
@@ -88,6 +99,19 @@ def test_a_grpo_config_validates_and_maps_the_trl_section(rewards):
     assert args["beta"] == 0.05 and args["num_generations"] == 2 and args["temperature"] == 0.7
     assert args["scale_rewards"] is False and args["vllm_gpu_memory_utilization"] == 0.5
     assert "reward_funcs" not in args and "gradient_checkpointing" not in args  # the core decides it for every method
+
+
+def test_gdpo_is_grpo_normalising_each_reward_on_its_own(rewards):
+    """Axolotl's rl: gdpo: GRPO with TRL's multi_objective_aggregation normalize_then_sum."""
+    from gym.api import get_plugin_manager
+
+    cfg = testing.validate({**config(rewards), "rl": "gdpo"})
+    method = get_plugin_manager().training_method(cfg)
+    assert method.name == "gdpo" and method.arguments["multi_objective_aggregation"] == "normalize_then_sum"
+    assert testing.call_strategy("grpo.transform", [{"instruction": "q", "output": "1"}], {**config(rewards),
+                                 "rl": "gdpo"})["prompt"] == [[{"role": "user", "content": "q"}]]
+    found = problems_of({**config(rewards, trl={"multi_objective_aggregation": "sum_then_normalize"}), "rl": "gdpo"})
+    assert "write rl: grpo" in found["trl.multi_objective_aggregation"]
 
 
 def test_missing_reward_module_and_function_name_the_key(rewards):
@@ -167,6 +191,34 @@ def test_transform_strategy_and_a_failing_transform(rewards):
         testing.call_strategy("grpo.transform", [{"question": "x"}], config(rewards))
 
 
+def test_a_type_naming_a_function_is_a_transform_in_axolotls_form(rewards, tmp_path):
+    """Axolotl writes GRPO transforms as ``type: module.function``: function(cfg) returns the row function (and
+    the columns to remove); its result is merged into the row."""
+    from gym.prompt_strategies import grpo as strategies
+
+    cfg = config(rewards)
+    cfg["datasets"][0].pop("transform")
+    out = testing.call_strategy(f"{rewards}.axolotl_transform", [{"instruction": "What is 1 + 2?", "output": "3",
+                                                                   "level": 1}], cfg)
+    assert out["prompt"] == [[{"role": "user", "content": "What is 1 + 2?"}]]
+    assert json.loads(out["extra_columns"][0]) == {"answer": "3", "level": 1}
+    with pytest.raises(DataError, match=rf"{rewards}.not_a_factory\(cfg\) must return a function"):
+        testing.call_strategy(f"{rewards}.not_a_factory", [{"instruction": "x"}], cfg)
+    # a missing module or function is an error at validate naming datasets.0.type
+    found = problems_of({**cfg, "datasets": [{"path": "d.jsonl", "type": f"{rewards}.nothing_here"}]})
+    assert "nothing_here" in found["datasets.0.type"]
+    assert "datasets.0.type" in problems_of({**cfg, "datasets": [{"path": "d.jsonl", "type": "no_such_module.fn"}]})
+    # only with rl: grpo (elsewhere an unknown type is still unknown); editing the module changes the cache key
+    found = problems_of({"base_model": "m", "datasets": [{"path": "d.jsonl", "type": f"{rewards}.axolotl_transform"}]})
+    assert "unknown dataset type" in found["datasets.0.type"]
+    entry = {"path": "d.jsonl", "type": f"{rewards}.axolotl_transform"}
+    validated = testing.validate({**cfg, "datasets": [entry]})
+    before = strategies.gym_data_settings(validated)
+    with open(tmp_path / f"{rewards}.py", "a") as handle:
+        handle.write("\n# edited\n")
+    assert strategies.gym_data_settings(validated) != before
+
+
 def test_editing_the_transform_changes_the_prepared_data_key(rewards, tmp_path):
     from gym.prompt_strategies import grpo as strategies
 
@@ -237,6 +289,11 @@ def test_chat_completions_stop_at_the_end_of_turn_token():
     text_model = types.SimpleNamespace(generation_config=types.SimpleNamespace(eos_token_id=0))
     stop_at_end_of_turn(text_model, tokenizer, [{"prompt": "hi"}])  # text prompts: the EOS as it is
     assert text_model.generation_config.eos_token_id == 0
+    # vLLM loads the model from its folder: the end of turn goes to its sampling settings too
+    model = types.SimpleNamespace(generation_config=types.SimpleNamespace(eos_token_id=tokenizer.eos_token_id))
+    args = types.SimpleNamespace(use_vllm=True, generation_kwargs={"top_k": 5})
+    stop_at_end_of_turn(model, tokenizer, [{"prompt": [{"role": "user", "content": "hi"}]}], args)
+    assert args.generation_kwargs == {"top_k": 5, "stop_token_ids": sorted([tokenizer.eos_token_id, im_end])}
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -245,7 +302,8 @@ def test_chat_completions_stop_at_the_end_of_turn_token():
 @pytest.mark.slow
 @pytest.mark.parametrize("adapter", [None, "lora"])
 def test_grpo_trains_a_few_steps(tmp_path, rewards, adapter):
-    extra = {"adapter": "lora", "lora_target_linear": True} if adapter else {}
+    # full fine-tuning adds a token: the reference must be built as the policy was (TRL would reload the base)
+    extra = {"adapter": "lora", "lora_target_linear": True} if adapter else {"special_tokens": {"pad_token": "<|newpad|>"}}
     cfg = config(rewards, rl_beta=0.1, **extra)
     cfg["trl"]["reward_funcs"] = [f"{rewards}.correct", f"{rewards}.length"]
     result = testing.run_config(cfg, steps=2, tmp_path=tmp_path)
@@ -259,9 +317,34 @@ def test_grpo_trains_a_few_steps(tmp_path, rewards, adapter):
         assert trainer.ref_model is None
         assert (tmp_path / "output" / "adapter_config.json").is_file()
     else:
-        assert trainer.ref_model is not None  # beta > 0 with full fine-tuning: TRL's frozen copy
+        assert trainer.ref_model is not None  # beta > 0 with full fine-tuning: a frozen copy
         assert trainer.ref_model is not trainer.model
+        rows = trainer.model.get_input_embeddings().weight.shape[0]
+        assert trainer.ref_model.get_input_embeddings().weight.shape[0] == rows == len(trainer.processing_class)
         assert (tmp_path / "output" / "model.safetensors").is_file()
+    # the reward, its parts, KL and completion length reach the summary and the final metrics
+    summary = [line for line in result.notes if line.startswith("grpo, first log -> last log: reward ")]
+    assert summary and "kl" in summary[0] and "completion length" in summary[0], result.notes
+    assert {"reward", "kl", "completions_mean_length", "rewards_length_mean"} <= set(result.metrics)
+    assert result.metrics["rewards_length_mean"] > 0
+    # counted tokens are those of the passes that train: not generation, not the reference's
+    trained = [entry["trained_tokens"] for entry in trainer.state.log_history if "trained_tokens" in entry]
+    assert trained and trained[-1] <= 2 * 2 * 64  # 2 steps of 2 rows of at most sequence_len tokens
+
+
+def test_the_step_plan_counts_each_prompts_generations(rewards):
+    """TRL trains on num_generations completions of each prompt, num_iterations times: an epoch is that many
+    more steps than prompts / micro_batch_size, and the plan (printed, saves_per_epoch, ...) follows it."""
+    from gym.api import get_plugin_manager
+    from gym.run import arguments_for
+
+    manager = get_plugin_manager()
+    for extra, batch, per_epoch in (({}, 2, 64), ({"num_iterations": 2}, 2, 128), ({"num_generations": 4}, 4, 64)):
+        cfg = testing.validate({**config(rewards, trl=extra), "micro_batch_size": batch, "num_epochs": 1,
+                                "saves_per_epoch": 4})
+        args = arguments_for(cfg, manager.training_method(cfg), 64, False, manager)
+        assert (args.gym_plan.steps_per_epoch, args.gym_plan.total_steps) == (per_epoch, per_epoch)
+        assert args.save_steps == per_epoch // 4
 
 
 @pytest.mark.slow

@@ -70,6 +70,11 @@ def test_a_row_of_the_wrong_shape_names_the_field():
     with pytest.raises(RowError) as error:
         testing.call_strategy("chatml.intel", [{"chosen": "a", "rejected": "b"}], DPO)
     assert error.value.field == "question"
+    for method in (DPO, {"rl": "kto", "micro_batch_size": 2}):  # .default reads the first prompt column there is: all are named
+        with pytest.raises(RowError) as error:
+            testing.call_strategy("chatml.default", [{"text": "t", "chosen": "a", "rejected": "b", "completion": "a",
+                                                      "label": True}], method)
+        assert "'prompt', 'input', 'question', 'instruction'" in str(error.value) and "'text'" in str(error.value)
 
 
 def test_sft_type_with_rl_and_preference_type_without_rl_are_errors_naming_the_entry():
@@ -120,23 +125,50 @@ def test_bad_pairs_are_dropped_and_counted_by_reason(tmp_path):
     assert source.dropped.get("with a prompt as long as sequence_len") == 1  # TRL would keep no response token
 
 
-def test_builtin_addition_preferences_rows(tmp_path, monkeypatch):
+@pytest.mark.parametrize("near", [False, True])
+def test_builtin_addition_preferences_rows(tmp_path, monkeypatch, near):
     from gym.plugins import dpo
+    from gym.plugins.addition import AdditionTask
 
     monkeypatch.setenv("GYM_HOME", str(tmp_path))
-    path = dpo.materialize("builtin:addition-preferences?rows=50&digits=2")
+    path = dpo.materialize(f"builtin:addition-preferences?rows=400&digits=2&near={int(near)}")
     rows = [json.loads(line) for line in open(path)]
-    assert len(rows) == 50
+    assert len(rows) == 400
+    distances = set()
     for row in rows:
         question = row["prompt"][0]["content"]
         a, b = (int(x) for x in question.removeprefix("What is ").removesuffix("?").split(" + "))
         assert row["chosen"][0]["content"] == str(a + b)
         wrong = int(row["rejected"][0]["content"])
-        assert wrong != a + b and abs(wrong - (a + b)) in (1, 10)
-        from gym.plugins.addition import AdditionTask
-
+        assert wrong != a + b and (near or 20 <= wrong <= 198)  # a sum two two-digit numbers can make
+        assert near or len(str(wrong)) == len(str(a + b))
+        distances.add(abs(wrong - (a + b)))
         assert not AdditionTask.held_out(a, b)
-    assert dpo.materialize("builtin:addition-preferences?rows=50&digits=2") == path
+        assert row["completion"] in (row["chosen"], row["rejected"]) and row["label"] == (row["completion"] == row["chosen"])
+    assert distances <= {1, 10} if near else max(distances) > 40
+    assert dpo.materialize(f"builtin:addition-preferences?rows=400&digits=2&near={int(near)}") == path
+
+
+def test_careless_addition_forgets_half_the_carries(tmp_path, monkeypatch):
+    from gym.plugins.addition import AdditionTask, materialize, units_carry
+
+    monkeypatch.setenv("GYM_HOME", str(tmp_path))
+    clean = [json.loads(line) for line in open(materialize("builtin:addition?rows=2000"))]
+    careless = [json.loads(line) for line in open(materialize("builtin:addition?rows=2000&slips=50"))]
+    carrying = slipped = 0
+    for right, row in zip(clean, careless):
+        assert row["instruction"] == right["instruction"]  # the same problems
+        a, b = (int(x) for x in row["instruction"].removeprefix("What is ").removesuffix("?").split(" + "))
+        assert right["output"] == str(a + b)
+        if units_carry(a, b):
+            carrying += 1
+            slipped += row["output"] == str(a + b - 10)
+            assert row["output"] in (str(a + b), str(a + b - 10))
+        else:
+            assert row["output"] == str(a + b)
+        assert row["messages"][1]["content"] == row["output"] and row["text"].endswith(" " + row["output"])
+    assert 0.45 < slipped / carrying < 0.55
+    assert AdditionTask(slips=50).evaluation_rows(20) == AdditionTask().evaluation_rows(20)  # always right
 
 
 def test_prepared_preference_data_is_cached(tmp_path, monkeypatch):
