@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 out="${1:-/tmp/gym-bench-results}"
 mkdir -p "$out"
 for cmd in "bench/cli_latency.py" "bench/startup.py" "bench/packing.py" "bench/preprocess.py" "bench/train_cpu.py" \
-           "bench/gpu_train.py --smoke" "bench/gpu_preference.py --smoke"; do
+           "bench/gpu_train.py --smoke" "bench/gpu_preference.py --smoke" "bench/gpu_attention_packing.py --smoke"; do
     name="$(echo "$cmd" | sed 's#bench/##; s#\.py##; s# --#-#; s# #_#g')"
     echo ">>> python $cmd" >&2
     python $cmd | tee "$out/$name.md"

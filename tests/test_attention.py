@@ -61,19 +61,6 @@ def _samples(tok, n=6):
     return samples
 
 
-def _packed(samples, capacity):
-    import numpy as np
-
-    from gym.plugins.sft.packing import pack_columns, plan_packing
-
-    lengths = [len(s["input_ids"]) for s in samples]
-    bins = plan_packing(lengths, capacity)
-    packed = pack_columns(np.cumsum([0] + lengths), np.concatenate([s["input_ids"] for s in samples]),
-                          np.concatenate([s["labels"] for s in samples]), bins)
-    offsets = packed["input_ids"][0]
-    return [{name: packed[name][1][a:b].tolist() for name in packed} for a, b in zip(offsets[:-1], offsets[1:])]
-
-
 @pytest.mark.parametrize("attention", [
     "eager", "sdpa", pytest.param("flex_attention", marks=pytest.mark.slow),  # flex compiles its kernel
 ])
@@ -81,6 +68,7 @@ def test_packed_loss_equals_unpacked_loss(attention):
     import torch
 
     from gym.plugins.sft.collator import SupervisedCollator
+    from gym.plugins.sft.packing import pack_samples
     from gym.tiny import build_model, build_tokenizer
 
     assert attention in flash_attention.PACKING_SAFE
@@ -88,7 +76,7 @@ def test_packed_loss_equals_unpacked_loss(attention):
     model = build_model(tok, hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64).float().eval()
     model.set_attn_implementation(attention)
     samples = _samples(tok)
-    rows = _packed(samples, capacity=max(len(s["input_ids"]) for s in samples) * 2 + 1)
+    rows = pack_samples(samples, capacity=max(len(s["input_ids"]) for s in samples) * 2 + 1)
     assert len(rows) < len(samples)
     unpacked = SupervisedCollator(tok.pad_token_id, packed=False)(samples)
     packed = SupervisedCollator(tok.pad_token_id, packed=True)(rows)

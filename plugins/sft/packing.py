@@ -91,3 +91,15 @@ def pack_columns(
         "labels": (row_offsets, packed_labels),
         "position_ids": (row_offsets, within.astype(input_ids.dtype, copy=False)),
     }
+
+
+def pack_samples(samples: Sequence[dict], capacity: int) -> list[dict[str, list[int]]]:
+    """Packed rows (``input_ids``, ``labels``, ``position_ids`` as lists) of supervised ``samples`` (dicts with
+    ``input_ids`` and ``labels``), bins of at most ``capacity`` tokens: what the SFT data shape makes of them.
+    For checks and benchmarks; the data pipeline packs whole columns with :func:`pack_columns`."""
+    lengths = [len(s["input_ids"]) for s in samples]
+    bins = plan_packing(lengths, capacity)
+    packed = pack_columns(np.cumsum([0] + lengths), np.concatenate([s["input_ids"] for s in samples]),
+                          np.concatenate([s["labels"] for s in samples]), bins)
+    offsets = packed["input_ids"][0]
+    return [{name: packed[name][1][a:b].tolist() for name in packed} for a, b in zip(offsets[:-1], offsets[1:])]
