@@ -287,24 +287,15 @@ def child(work: str, run: str, opts) -> None:
     path = work_dir / f"{run}.yml"
     path.write_text(yaml.safe_dump(run_config(work_dir, run, opts, cuda), sort_keys=False))
 
-    import gym.plugins.grpo as grpo_plugin
-    import gym.plugins.preference as preference_plugin
     from _throughput import register_with_gym
+    from preference import keep_built_trainer  # bench/preference.py
     from gym.config import load_config
     from gym.run import run as train
 
     holder: dict = {}
     clock = step_clock(opts.warmup, cuda, holder)
     register_with_gym(clock)
-    # Keep the trainer gym builds (its builder is looked up by name when the trainer is built), to read its reference.
-    for module, name in ((preference_plugin, "build_dpo_trainer"), (grpo_plugin, "build_trainer")):
-        original = getattr(module, name)
-
-        def keep(parts, _original=original):
-            holder["trainer"] = _original(parts)
-            return holder["trainer"]
-
-        setattr(module, name, keep)
+    keep_built_trainer(holder)
     train(load_config(path))
     holder.pop("trainer", None)
     result = {**clock.result(), **holder}

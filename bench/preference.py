@@ -90,6 +90,22 @@ def prepare(work: Path, opts) -> dict:
 # ----------------------------------------------------------------------------------------- children
 
 
+def keep_built_trainer(holder: dict) -> None:
+    """Put the trainer gym's DPO or GRPO method builds in ``holder["trainer"]`` (the builders are looked up by name
+    when the trainer phase runs), to read its reference afterwards."""
+    import gym.plugins.grpo as grpo_plugin
+    import gym.plugins.preference as preference_plugin
+
+    for module, name in ((preference_plugin, "build_dpo_trainer"), (grpo_plugin, "build_trainer")):
+        original = getattr(module, name)
+
+        def keep(parts, _original=original):
+            holder["trainer"] = _original(parts)
+            return holder["trainer"]
+
+        setattr(module, name, keep)
+
+
 def reference_bytes(trainer, model) -> dict:
     """Parameter bytes of the reference: ``trainer.ref_model`` and adapter copies beside the trained adapter."""
     ref = getattr(trainer, "ref_model", None) if trainer is not None else None
@@ -178,8 +194,6 @@ def child_gym(work_dir: Path, run: str, opts) -> None:
     path = work_dir / f"gym-{run}.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    import gym.plugins.grpo as grpo_plugin
-    import gym.plugins.preference as preference_plugin
     from _throughput import register_with_gym, throughput_callback
     from transformers import AutoTokenizer
 
@@ -187,15 +201,7 @@ def child_gym(work_dir: Path, run: str, opts) -> None:
     callback = throughput_callback(AutoTokenizer.from_pretrained(work_dir / "model").pad_token_id, opts.warmup)
     register_with_gym(callback)
     register_with_gym_memory(memory_callback(holder))
-    # Keep the trainer gym builds (resolved by name when the trainer phase runs), to read its reference.
-    for module, name in ((preference_plugin, "build_dpo_trainer"), (grpo_plugin, "build_trainer")):
-        original = getattr(module, name)
-
-        def keep(parts, _original=original):
-            holder["trainer"] = _original(parts)
-            return holder["trainer"]
-
-        setattr(module, name, keep)
+    keep_built_trainer(holder)
     from gym.config import load_config
     from gym.run import run as train
 

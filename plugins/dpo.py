@@ -223,7 +223,7 @@ def gym_model_card(cfg, model):
 # ---------------------------------------------------------------------------- builtin:addition-preferences
 
 NAME = "addition-preferences"
-VERSION = 3  # bump when the rows change
+VERSION = 4  # bump when the rows change
 OPTIONS = {"digits": (1, 9), "rows": (1, 10_000_000), "seed": (0, 2**31 - 1), "near": (0, 1)}
 
 
@@ -270,10 +270,10 @@ def wrong_sum(a: int, b: int, digits: int) -> int:
     length the end of the turn after as many digits as the right one; measured on the tiny model, both lowered
     held-out exact match where this raised it (docs/preference.md)."""
     right = a + b
+    width = len(str(right))
     smallest = 10 ** (digits - 1) if digits > 1 else 0
-    low, high = max(2 * smallest, 10 ** (len(str(right)) - 1)), min(2 * (10**digits - 1), 10 ** len(str(right)) - 1)
-    if low == high:
-        return near_miss(a, b, digits)  # no other sum has its length
+    low = max(2 * smallest, 10 ** (width - 1) if width > 1 else 0)
+    high = min(2 * (10**digits - 1), 10**width - 1)
     pick = random.Random(zlib.crc32(f"wrong-{a}-{b}".encode())).randint(low, high - 1)
     return pick + 1 if pick >= right else pick
 

@@ -28,6 +28,7 @@ GRPO = ("grpo", "gdpo")  # the training methods these rows serve (gdpo: GRPO wit
 EXTRA = "extra_columns"  # the same name as gym.plugins.grpo.EXTRA (kept here so nothing heavy loads)
 COLUMNS = ("prompt", EXTRA)
 TRANSFORM = "grpo.transform"
+FACTORY_BUILDER = "build_factory_transform"  # reads a user's module.function type (gym_dataset_type)
 
 
 class PromptOptions(BaseModel):
@@ -44,25 +45,19 @@ class PromptOptions(BaseModel):
     )
 
 
+def prompt_strategy(name: str, builder: str, description: str) -> DatasetStrategy:
+    """A strategy making GRPO prompt rows (the prompt and the extra columns), built by ``builder`` of this module."""
+    return DatasetStrategy(name=name, builder=f"{__name__}:{builder}", columns=COLUMNS, methods=GRPO,
+                           options=PromptOptions, description=description)
+
+
 @hookimpl
 def gym_dataset_strategies():
     return [
-        DatasetStrategy(
-            name="prompt",
-            builder=f"{__name__}:build_prompt",
-            columns=COLUMNS,
-            methods=GRPO,
-            options=PromptOptions,
-            description="GRPO prompts: a prompt column (text or chat messages); other columns go to the rewards.",
-        ),
-        DatasetStrategy(
-            name=TRANSFORM,
-            builder=f"{__name__}:build_transform",
-            columns=COLUMNS,
-            methods=GRPO,
-            options=PromptOptions,
-            description="GRPO prompts made by your function (transform: module.function) from each raw row.",
-        ),
+        prompt_strategy("prompt", "build_prompt",
+                        "GRPO prompts: a prompt column (text or chat messages); other columns go to the rewards."),
+        prompt_strategy(TRANSFORM, "build_transform",
+                        "GRPO prompts made by your function (transform: module.function) from each raw row."),
     ]
 
 
@@ -77,22 +72,18 @@ def gym_dataset_type(type_name, method):
     Axolotl's form (checked at ``validate``: :func:`gym_validate_config`)."""
     if method not in GRPO or not is_function_name(type_name):
         return None
-    return DatasetStrategy(
-        name=type_name,
-        builder=f"{__name__}:build_factory_transform",
-        columns=COLUMNS,
-        methods=GRPO,
-        options=PromptOptions,
-        description="GRPO prompts from a module.function that returns the row function (Axolotl's form)",
-    )
+    return prompt_strategy(type_name, FACTORY_BUILDER,
+                           "GRPO prompts from a module.function that returns the row function (Axolotl's form)")
 
 
 def _own_type(cfg: Any, entry: Any) -> bool:
-    """Whether ``entry``'s type is read by :func:`gym_dataset_type` (a user's ``module.function``)."""
+    """Whether the strategy that reads ``entry`` for the config's method is the one :func:`gym_dataset_type` made."""
     from gym.api import get_plugin_manager
 
-    return (getattr(cfg, "rl", None) in GRPO and is_function_name(entry.type)
-            and entry.type not in get_plugin_manager().dataset_strategies())
+    if not isinstance(entry.type, str) or getattr(cfg, "rl", None) not in GRPO:
+        return False
+    found = get_plugin_manager().strategy_for_method(entry.type, cfg.rl)
+    return found is not None and found[0].builder == f"{__name__}:{FACTORY_BUILDER}"
 
 
 @hookimpl
